@@ -1,0 +1,132 @@
+"""`fewstep train-teacher`: a flow-matching teacher on a captioned dataset (METHODS.md 'Teacher')."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import to_dict, to_yaml
+from ..imaging import captioned_grid, save_png
+from ..models.checkpoint import atomic_write_text
+from ..models.datasets import make_dataset, to_uint8
+from ..models.loading import save_model
+from ..models.presets import get_preset
+from ..models.samplers import euler, seeded_noise, uniform_timesteps
+from ..models.text_encoders import TextEncoder, clip_from_dir, minilm
+from ..models.unet_flow import build_unet_flow
+from .data import EncodedDataset
+from .flow_matching import FlowMatchingLoss
+from .trainer import LoopConfig, TrainingLoop, plot_training_curve
+
+SAMPLE_PROMPT_SEED = 12345  # held-out captions for the sample grids
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    name: str = "shapes32-teacher"  # model name written into the checkpoint
+    dataset: str = "shapes"  # shapes | digits | imagefolder
+    data_path: str | None = None  # folder with metadata.jsonl (imagefolder only)
+    dataset_size: int = 30000  # images drawn from `shapes` (the others use their whole folder / set)
+    data_seed: int = 0  # which shapes images; evaluation uses other seeds
+    preset: str = "teacher"  # network preset (fewstep info lists them)
+    text_encoder: str = "minilm"  # 'minilm' (offline, shipped) or a local CLIP directory
+    max_tokens: int = 32  # prompt length in tokens, special tokens included
+    cond_dropout: float = 0.1  # p of training on the empty prompt, for classifier-free guidance
+    t_sampling: str = "logit_normal"  # logit_normal | uniform
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 4e-4
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    sample_every: int = 1000
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    mixed_precision: str = "no"  # no | bf16 | fp16, GPUs only
+    sample_guidance: float = 3.0  # CFG scale of the sample grids and the checkpoint's default
+    sample_steps: int = 25  # Euler steps of the sample grids
+
+    def loop(self) -> LoopConfig:
+        names = {f.name for f in fields(LoopConfig)}
+        return LoopConfig(**{k: v for k, v in to_dict(self).items() if k in names})
+
+
+def make_text_encoder(name: str, max_tokens: int) -> TextEncoder:
+    return minilm(max_tokens) if name == "minilm" else clip_from_dir(name, max_tokens)
+
+
+def teacher_spec(cfg: TeacherConfig, encoder: TextEncoder, step: int) -> dict:
+    preset = get_preset(cfg.preset)
+    return {
+        "kind": "unet-flow",
+        "name": cfg.name,
+        "role": "teacher",
+        "preset": cfg.preset,
+        "unet": preset.unet,
+        "text_encoder": encoder.spec,
+        "image": {
+            "channels": preset.channels,
+            "height": preset.image_size,
+            "width": preset.image_size,
+            "space": "pixel",
+            "range": [-1, 1],
+        },
+        "sampler": {
+            "rule": "euler",
+            "default_steps": 50,
+            "guidance": {"mode": "cfg", "default_scale": cfg.sample_guidance},
+        },
+        "training": {"method": "flow_matching", "step": step, "dataset": cfg.dataset, "config": to_dict(cfg)},
+        "created_by": {"fewstep": __version__, "command": "fewstep train-teacher"},
+    }
+
+
+def train_teacher(
+    cfg: TeacherConfig, out: str | Path, resume: bool = False, progress: bool = True, on_step=None
+) -> Path:
+    """Train (or resume) a teacher into `out`; returns the path of the EMA model checkpoint."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    preset = get_preset(cfg.preset)
+    encoder = make_text_encoder(cfg.text_encoder, cfg.max_tokens)
+    dataset = make_dataset(cfg.dataset, preset.image_size, cfg.data_seed, cfg.dataset_size, cfg.data_path)
+    data = EncodedDataset.build(dataset, encoder, cache=out / "data_cache.safetensors")
+    null = encoder.null(1)
+    torch.manual_seed(cfg.seed)  # initial weights
+    model = build_unet_flow(preset.unet)
+    atomic_write_text(out / "config.yaml", f"# fewstep {__version__} train-teacher, resolved config\n" + to_yaml(cfg))
+
+    sample_src = make_dataset(cfg.dataset, preset.image_size, SAMPLE_PROMPT_SEED, 8, cfg.data_path)
+    prompts = [sample_src.caption(i) for i in range(min(8, len(sample_src)))]
+    prompt_cond = encoder.encode(prompts)
+
+    def sample(ema: torch.nn.Module, step: int, where: Path) -> None:
+        n_seeds = 6
+        noise = seeded_noise(
+            list(range(len(prompts) * n_seeds)), (preset.channels, preset.image_size, preset.image_size)
+        )
+        dev = next(ema.parameters()).device
+        cond, nulls = prompt_cond.repeat(n_seeds).to(dev), null.repeat(len(noise)).to(dev)
+        x = euler(ema, noise.to(dev), uniform_timesteps(cfg.sample_steps).to(dev), cond, cfg.sample_guidance, nulls)
+        save_png(captioned_grid(to_uint8(x.cpu().numpy()), prompts, nrow=n_seeds), where / f"step_{step:07d}.png")
+
+    def save(where: Path, ema: torch.nn.Module, step: int) -> None:
+        save_model(where / "model.safetensors", ema, teacher_spec(cfg, encoder, step))
+
+    loop = TrainingLoop(
+        model,
+        FlowMatchingLoss(null, cfg.cond_dropout, cfg.t_sampling),
+        lambda step: data.batch(step, cfg.batch_size, cfg.seed),
+        cfg.loop(),
+        out,
+        save,
+        sample,
+        on_step,
+    )
+    loop.run(resume=resume, progress=progress)
+    plot_training_curve(out)
+    return out / "model.safetensors"

@@ -1,0 +1,257 @@
+"""ONE training loop for teachers and every distillation method.
+
+A method is a loss object `loss(model, batch, generator) -> (loss, logs)`; the loop never asks which one it
+runs. It owns AdamW with LR warm-up, gradient clipping, EMA, atomic checkpoints with exact `--resume`
+(batches and noise are functions of (seed, step), so a resumed run equals an uninterrupted one), NaN/Inf
+step skipping, a progress bar with loss and ETA, `metrics.jsonl`, periodic sample grids and a loss curve.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models.checkpoint import CheckpointError, atomic_write_text, load_tensors, save_tensors
+
+LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+STATE_FILE = "state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive non-finite losses; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int = 6000  # optimizer steps in total (a resumed run continues to this number)
+    batch_size: int = 32
+    lr: float = 4e-4  # AdamW peak learning rate
+    warmup_steps: int = 200  # linear LR warm-up
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999  # EMA of the weights; the EMA model is the one saved for use
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    checkpoint_every: int = 250  # steps between atomic checkpoints (resume loses at most this many)
+    sample_every: int = 1000  # steps between sample grids (0 = never)
+    log_every: int = 10  # steps averaged into one metrics.jsonl line
+    seed: int = 0  # data order, noise and t draws all derive from (seed, step)
+    max_bad_steps: int = 20  # consecutive non-finite losses before giving up
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; GPUs only: bf16 is ~130x slower on this CPU)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1); got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1); got {self.ema_decay}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}")
+        if self.mixed_precision != "no" and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"mixed_precision={self.mixed_precision} needs a GPU (device cuda); on CPUs it is far slower than fp32"
+            )
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    """Move a batch (tensors, Conds, tuples of them) to the training device."""
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(b, device) for b in batch)
+    return batch.to(device)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class TrainingLoop:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batch_fn: Callable[[int], Any],
+        config: LoopConfig,
+        out_dir: str | Path,
+        save_model_fn: Callable[[Path, nn.Module, int], None],
+        sample_fn: Callable[[nn.Module, int, Path], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ):
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {config.device} requested but torch sees no CUDA GPU (torch {torch.__version__})")
+        model = model.to(self.device)
+        self.model, self.loss_fn, self.batch_fn, self.config = model, loss_fn, batch_fn, config
+        self.out = Path(out_dir)
+        self.save_model_fn, self.sample_fn, self.on_step = save_model_fn, sample_fn, on_step
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+        self.autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")
+        self.step = 0
+        self._pending: list[dict] = []
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        for i, s in self.opt.state_dict()["state"].items():
+            tensors.update({f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
+        return tensors
+
+    def save_checkpoint(self) -> None:
+        self._flush_metrics()
+        meta = {"step": self.step, "loop": asdict(self.config), "param_groups": self.opt.state_dict()["param_groups"]}
+        save_tensors(self.out / STATE_FILE, self._state_tensors(), meta)
+        self.save_model_fn(self.out, self.ema, self.step)
+
+    def load_checkpoint(self) -> None:
+        path = self.out / STATE_FILE
+        tensors, meta = load_tensors(path)
+        saved = dict(meta["loop"], steps=self.config.steps)  # only the target step count may change on resume
+        if saved != asdict(self.config):
+            diff = {k: (saved[k], v) for k, v in asdict(self.config).items() if saved.get(k) != v}
+            raise CheckpointError(
+                f"{path} was trained with other settings {diff} (saved, now); resume with the same config"
+            )
+        pick = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        self.model.load_state_dict(pick("model."))
+        self.ema.load_state_dict(pick("ema."))
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in pick("optim.").items():
+            i, name = k.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.step = int(meta["step"])
+        self._truncate_metrics()
+
+    # ---- metrics -----------------------------------------------------------------------------
+    def _flush_metrics(self) -> None:
+        if self._pending:
+            with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(m) + "\n" for m in self._pending)
+            self._pending = []
+
+    def _truncate_metrics(self) -> None:
+        path = self.out / METRICS_FILE
+        if path.is_file():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _lr(self, step: int) -> float:
+        return self.config.lr * min(1.0, (step + 1) / max(1, self.config.warmup_steps))
+
+    @torch.no_grad()
+    def _update_ema(self, step: int) -> None:
+        decay = min(self.config.ema_decay, (1 + step) / (10 + step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            e.copy_(b)
+
+    def run(self, resume: bool = False, progress: bool = True) -> nn.Module:
+        """Train to `config.steps`; returns the EMA model. `resume` continues from `out/state.safetensors`."""
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if (self.out / STATE_FILE).exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
+                )
+            self.load_checkpoint()
+        elif (self.out / METRICS_FILE).exists():
+            (self.out / METRICS_FILE).unlink()  # metrics of a run that never reached a checkpoint
+        self.model.train()
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="train", disable=not progress, mininterval=1, smoothing=0.05
+        )
+        bad, window, started = 0, [], time.time()
+        while self.step < cfg.steps:
+            step = self.step
+            for g in self.opt.param_groups:
+                g["lr"] = self._lr(step)
+            with self.autocast:
+                batch = _to(self.batch_fn(step), self.device)
+                loss, logs = self.loss_fn(self.model, batch, step_generator(cfg.seed, step))
+            self.opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                bad += 1
+                warnings.warn(
+                    f"step {step}: non-finite loss {loss.item()}, step skipped ({bad} in a row)", stacklevel=1
+                )
+                if bad >= cfg.max_bad_steps:
+                    raise TrainingDivergedError(
+                        f"{bad} consecutive non-finite losses at step {step}; the last good checkpoint in {self.out} "
+                        "is kept. Lower --lr or check the data."
+                    )
+                self.step += 1
+                continue
+            bad = 0
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self._update_ema(step)
+            self.step += 1
+            window.append(dict(logs, grad_norm=float(grad_norm)))
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs.get('loss', loss.item()):.4f}", refresh=False)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                self._pending.append(
+                    {"step": self.step, "lr": self._lr(step), "elapsed_s": round(time.time() - started, 2), **avg}
+                )
+                window = []
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            if self.sample_fn and cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                self.sample_fn(self.ema, self.step, self.out / "samples")
+            if self.on_step:
+                self.on_step(self.step)
+        bar.close()
+        self._flush_metrics()
+        return self.ema
+
+
+def read_metrics(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / METRICS_FILE
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+
+
+def plot_training_curve(out_dir: str | Path, key: str = "loss") -> Path | None:
+    """`training_curve.png` (log-scale loss vs step) from metrics.jsonl."""
+    rows = [r for r in read_metrics(out_dir) if key in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1)
+    ax.set(xlabel="step", ylabel=key, yscale="log", title=f"training {key}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(out_dir) / "training_curve.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

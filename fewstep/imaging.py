@@ -1,0 +1,46 @@
+"""Image grids and PNG helpers (numpy + pillow only, so the runtime can use them too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, scale: int = 4, pad: int = 2) -> Image.Image:
+    """uint8 (N, H, W, C) -> one PIL image, `nrow` images per row, each upscaled `scale`x (nearest)."""
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"make_grid expects uint8 (N, H, W, C); got {images.dtype} {images.shape}")
+    n, h, w, _ = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / nrow))
+    hs, ws = h * scale, w * scale
+    grid = Image.new("RGB", (nrow * (ws + pad) + pad, rows * (hs + pad) + pad), (255, 255, 255))
+    for i, img in enumerate(images):
+        tile = Image.fromarray(img[..., :3] if img.shape[-1] >= 3 else img[..., 0]).convert("RGB")
+        tile = tile.resize((ws, hs), Image.Resampling.NEAREST)
+        grid.paste(tile, (pad + (i % nrow) * (ws + pad), pad + (i // nrow) * (hs + pad)))
+    return grid
+
+
+def captioned_grid(images: np.ndarray, captions: list[str], nrow: int, scale: int = 4) -> Image.Image:
+    """A grid with each row's caption written to its left (one caption per row of seeds)."""
+    grid = make_grid(images, nrow=nrow, scale=scale)
+    text_w = 7 * max((len(c) for c in captions), default=0) + 10
+    out = Image.new("RGB", (grid.width + text_w, grid.height), (255, 255, 255))
+    out.paste(grid, (text_w, 0))
+    draw = ImageDraw.Draw(out)
+    tile = images.shape[1] * scale + 2
+    for r, caption in enumerate(captions):
+        draw.text((4, 2 + r * tile + tile // 2 - 6), caption, fill=(0, 0, 0))
+    return out
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path

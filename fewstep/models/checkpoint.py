@@ -1,0 +1,146 @@
+"""Safe checkpoint I/O: weights only from safetensors (or `torch.load(weights_only=True)` for foreign files).
+
+A fewstep checkpoint is ONE safetensors file whose metadata holds the JSON spec (architecture, image size,
+text encoder, sampler rule, ...), so weights and description can never drift apart. Writes are atomic:
+temp file in the same directory, fsync, rename; a crash or a full disk leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "fewstep-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)` then atomically move tmp_path to `path` (fsync'd, same directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Atomically write tensors + a JSON-serialisable `meta` dict into one safetensors file."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(flat, str(p), metadata={"fewstep": json.dumps(meta)}))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a safetensors file written by `save_tensors`; clear errors for missing, truncated or foreign files."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta_raw = (f.metadata() or {}).get("fewstep")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        hint = " (it looks like a pickle: use torch.load-compatible import, see `load_foreign_state_dict`)"
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable safetensors file: {e}; it may be truncated or corrupt"
+            + (hint if _looks_like_pickle(path) else "")
+        ) from None
+    if meta_raw is None:
+        raise CheckpointError(f"checkpoint {path} has no fewstep metadata: it was not written by fewstep")
+    try:
+        meta = json.loads(meta_raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {e}") from None
+    return tensors, meta
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head[:1] == b"\x80" or head[:2] == b"PK"  # pickle protocol 2+ or torch's zip format
+
+
+def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A foreign weights file: `.safetensors`, or a torch file loaded with `weights_only=True` (never runs code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"weights file {path} is not a readable safetensors file: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it is a pickle that contains code or objects other than tensors ({e}). "
+            "fewstep never unpickles code; convert it to safetensors with a tool you trust."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"weights file {path} is not a readable torch file: {e}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"weights file {path} does not hold a flat dict of tensors")
+    return obj
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """`load_state_dict(strict=True)` with a message that names missing, unexpected and mis-shaped tensors."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state.keys()
+        if own[k].shape != state[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} with wrong shapes (e.g. {'; '.join(shapes[:3])})")
+        raise CheckpointError(f"{source} does not match the model: " + ", ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source} has NaN/Inf values in {len(bad)} tensors (e.g. {bad[0]})")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})

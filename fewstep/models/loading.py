@@ -1,0 +1,56 @@
+"""Save and load flow models as single-file fewstep checkpoints; resolve the shipped models by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_state_strict, load_tensors, save_tensors
+from .unet_flow import UNetFlowModel, build_unet_flow
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED = {
+    "shapes32-teacher": WEIGHTS_DIR / "shapes32-teacher.safetensors",
+    "shapes32-judge": WEIGHTS_DIR / "shapes32-judge.safetensors",
+    "digits32-judge": WEIGHTS_DIR / "digits32-judge.safetensors",
+}
+KINDS = ("unet-flow",)
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A shipped model name (e.g. `shapes32-teacher`) or a path to a `.safetensors` checkpoint."""
+    key = str(name_or_path)
+    if key in SHIPPED:
+        path = SHIPPED[key]
+        if not path.is_file():
+            raise CheckpointError(f"shipped model {key!r} is missing at {path}; reinstall fewstep or pass a path")
+        return path
+    path = Path(key)
+    if not path.exists():
+        raise CheckpointError(f"{key!r} is neither a shipped model ({', '.join(SHIPPED)}) nor an existing file")
+    if path.is_dir():
+        path = path / "model.safetensors"
+    return path
+
+
+def save_model(path: str | Path, model: UNetFlowModel, spec: dict, dtype: torch.dtype = torch.float32) -> None:
+    """Write weights (+ the spec in the file's metadata) atomically; `spec` must hold `kind` and `unet`."""
+    meta = dict(spec, format=CHECKPOINT_FORMAT, params=sum(p.numel() for p in model.parameters()))
+    meta.setdefault("created_by", {"fewstep": __version__})
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_tensors(path, tensors, meta)
+
+
+def load_model(name_or_path: str | Path) -> tuple[UNetFlowModel, dict]:
+    """-> (model in eval mode, float32 on CPU; its spec dict)."""
+    path = resolve_checkpoint(name_or_path)
+    tensors, spec = load_tensors(path)
+    if spec.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has format {spec.get('format')!r}; this fewstep reads {CHECKPOINT_FORMAT!r}")
+    if spec.get("kind") not in KINDS:
+        raise CheckpointError(f"{path} holds a {spec.get('kind')!r} model; this command needs one of {KINDS}")
+    model = build_unet_flow(spec["unet"])
+    load_state_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, str(path))
+    return model.eval().requires_grad_(False), spec

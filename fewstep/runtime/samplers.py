@@ -1,0 +1,42 @@
+"""Samplers in numpy for engines: the same arithmetic as `fewstep.models.samplers`, in float32."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+# velocity(x (B, C, H, W), t (B,), cond rows) -> v; `cond` is whatever the engine takes, batched along axis 0
+Velocity = Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], np.ndarray]
+
+
+def _cat(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+
+def euler_np(
+    velocity: Velocity,
+    noise: np.ndarray,
+    timesteps: np.ndarray,
+    cond: dict[str, np.ndarray],
+    guidance: float = 1.0,
+    null_cond: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Euler in flow time with classifier-free guidance (both branches in one batched call)."""
+    ts = np.asarray(timesteps, dtype=np.float32)
+    if ts.ndim != 1 or len(ts) < 2 or not np.all(np.diff(ts) < 0):
+        raise ValueError(f"timesteps must be a strictly decreasing 1-D array of >= 2 times; got {ts.tolist()}")
+    if guidance != 1.0 and null_cond is None:
+        raise ValueError("classifier-free guidance != 1 needs null_cond")
+    x = noise.astype(np.float32)
+    b = x.shape[0]
+    for t, s in itertools.pairwise(ts):
+        if guidance == 1.0:
+            v = velocity(x, np.full(b, t, np.float32), cond)
+        else:
+            both = velocity(np.concatenate([x, x]), np.full(2 * b, t, np.float32), _cat(null_cond, cond))
+            v_uncond, v_cond = both[:b], both[b:]
+            v = v_uncond + np.float32(guidance) * (v_cond - v_uncond)
+        x = x + (s - t) * v
+    return x

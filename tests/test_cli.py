@@ -1,0 +1,108 @@
+"""The `fewstep` command: helpful --help, generation, and one-line errors (exit 2) for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fewstep.cli import COMMANDS, main
+from fewstep.models.loading import save_model
+from fewstep.models.presets import get_preset
+from fewstep.models.unet_flow import build_unet_flow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small untrained 32x32 model with the built-in text encoder, saved like a trained one."""
+    torch.manual_seed(0)
+    preset = get_preset("student-xs")
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    spec = {
+        "kind": "unet-flow",
+        "name": "xs",
+        "unet": preset.unet,
+        "text_encoder": {"kind": "minilm", "max_tokens": 32},
+        "image": {"channels": 3, "height": 32, "width": 32},
+        "sampler": {"rule": "euler", "default_steps": 4, "guidance": {"mode": "cfg", "default_scale": 3.0}},
+    }
+    save_model(path, build_unet_flow(preset.unet), spec)
+    return path
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "fewstep.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "train-teacher" in out.stdout and "generate" in out.stdout
+
+
+@pytest.mark.parametrize("command", [c.replace("_", "-") for c in COMMANDS])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert len(capsys.readouterr().out) > 200
+
+
+def test_generate_writes_a_grid_and_is_deterministic(checkpoint, tmp_path, capsys):
+    args = [
+        "generate",
+        str(checkpoint),
+        "--prompt",
+        "a red circle",
+        "--prompt",
+        "a blue square",
+        "--seeds",
+        "0,1,2",
+        "--steps",
+        "2",
+    ]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.png")]) == 0
+    a, b = np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
+    assert np.array_equal(a, b) and a.shape[0] >= 2 * 32 * 4
+    assert "2 prompt(s) x 3 seed(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "steps must be an integer in"),
+        (["--guidance", "100"], "guidance must be in"),
+        (["--prompt", "word " * 60], "tokens but the model takes at most 32"),
+        (["--seeds", "-1"], "seeds must be integers"),
+    ],
+)
+def test_generate_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, extra, message):
+    code = main(["generate", str(checkpoint), "--prompt", "a red circle", *extra, "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_model_and_bad_prompt_file(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "none.safetensors"), "--prompt", "x"]) == 2
+    assert "neither a shipped model" in capsys.readouterr().err
+    bad = tmp_path / "p.txt"
+    bad.write_bytes(b"\xff\xfe not utf8")
+    assert main(["generate", "shapes32-teacher", "--prompts-file", str(bad)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_bad_flag_value_exits_2_with_hint(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train-teacher", "--steps", "lots"])
+    assert e.value.code == 2 and "--help" in capsys.readouterr().err
+
+
+def test_info_lists_presets_and_ratios(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    params = {r["preset"]: r["params"] for r in info["presets"]}
+    assert 0.2 < params["student-s"] / params["teacher"] < 0.3
+    assert 0.08 < params["student-xs"] / params["teacher"] < 0.12
+    assert all(r["gflop_per_image"] > 0 for r in info["presets"])
