@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as e:  # bad input: one clear line, no traceback
+    except USER_ERRORS as e:  # bad input: one clear line, no traceback (FEWSTEP_DEBUG=1 shows it)
+        if os.environ.get("FEWSTEP_DEBUG"):
+            raise
         print(f"fewstep {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

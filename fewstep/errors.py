@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from .compress.trainer import TrainingDivergedError
 from .config import ConfigError
 from .models.checkpoint import CheckpointError
 from .models.datasets.imagefolder import ImageFolderError
 
+# TrainingDivergedError is a RuntimeError with a message that says what to do; set FEWSTEP_DEBUG=1 for tracebacks.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     CheckpointError,
@@ -13,4 +15,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
     FileExistsError,
+    TrainingDivergedError,
+    NotImplementedError,
 )

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EXTRAS:-train,runtime,dev}
+EXTRAS=${EXTRAS:-train,runtime,export,serve,dev}
 TORCH_VERSION=2.13.0
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

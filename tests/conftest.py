@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("FEWSTEP_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 TINY_UNET = {
     "sample_size": 16,
@@ -39,6 +39,19 @@ def tiny_model():
 
     torch.manual_seed(0)
     return build_unet_flow(TINY_UNET).eval()
+
+
+def tiny_spec(unet: dict = TINY_UNET, **extra) -> dict:
+    """A complete checkpoint spec for a tiny pixel-space model with the built-in text encoder."""
+    size = unet["sample_size"]
+    return {
+        "kind": "unet-flow",
+        "unet": unet,
+        "text_encoder": {"kind": "minilm", "max_tokens": 32},
+        "image": {"channels": 3, "height": size, "width": size, "space": "pixel", "range": [-1, 1]},
+        "sampler": {"rule": "euler", "default_steps": 4, "guidance": {"mode": "cfg", "default_scale": 3.0}},
+        **extra,
+    }
 
 
 def random_cond(batch: int, seed: int = 0):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import TINY_UNET, random_cond
+from conftest import random_cond, tiny_spec
 
 from fewstep.models.checkpoint import (
     CheckpointError,
@@ -20,7 +20,7 @@ from fewstep.models.loading import load_model, save_model
 
 def _saved(tmp_path, tiny_model, dtype=torch.float32):
     path = tmp_path / "m.safetensors"
-    save_model(path, tiny_model, {"kind": "unet-flow", "unet": TINY_UNET, "name": "tiny"}, dtype=dtype)
+    save_model(path, tiny_model, tiny_spec(name="tiny"), dtype=dtype)
     return path
 
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_spec
 from PIL import Image
 
 from fewstep.cli import COMMANDS, main
@@ -23,15 +24,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     preset = get_preset("student-xs")
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    spec = {
-        "kind": "unet-flow",
-        "name": "xs",
-        "unet": preset.unet,
-        "text_encoder": {"kind": "minilm", "max_tokens": 32},
-        "image": {"channels": 3, "height": 32, "width": 32},
-        "sampler": {"rule": "euler", "default_steps": 4, "guidance": {"mode": "cfg", "default_scale": 3.0}},
-    }
-    save_model(path, build_unet_flow(preset.unet), spec)
+    save_model(path, build_unet_flow(preset.unet), tiny_spec(preset.unet, name="xs"))
     return path
 
 
@@ -106,3 +99,40 @@ def test_info_lists_presets_and_ratios(capsys):
     assert 0.2 < params["student-s"] / params["teacher"] < 0.3
     assert 0.08 < params["student-xs"] / params["teacher"] < 0.12
     assert all(r["gflop_per_image"] > 0 for r in info["presets"])
+
+
+def test_eval_writes_json_with_labelled_domain_fid(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                str(checkpoint),
+                "--n",
+                "12",
+                "--setting",
+                "euler:1:1",
+                "--setting",
+                "euler:2:3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((out / "eval.json").read_text())
+    assert result["feature_space"].startswith("domain FID") and result["images"] == 12
+    assert [s["label"] for s in result["systems"]] == ["euler-1step-w1", "euler-2step-w3"]
+    assert [s["nfe"] for s in result["systems"]] == [1, 4]  # 2 steps x 2 CFG branches
+    for s in result["systems"]:
+        assert s["fid"] > 0 and 0 <= s["adherence"] <= 1
+    assert (out / "samples_euler-2step-w3.png").is_file()
+    assert "domain FID" in capsys.readouterr().out
+
+
+def test_demo_writes_grids_and_summary(tmp_path, capsys):
+    assert main(["demo", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["steps"] for r in summary["runs"]] == [50, 4, 2, 1]
+    assert all((tmp_path / f"teacher_{s}step.png").is_file() for s in (50, 4, 2, 1))
+    assert "teacher_50step.png" in capsys.readouterr().out

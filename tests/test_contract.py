@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_UNET, random_cond
+from conftest import TINY_UNET, random_cond, tiny_spec
 
 from fewstep.models.contract import Cond, FlowModel
 from fewstep.models.unet_flow import build_unet_flow
@@ -102,7 +102,7 @@ class TestLoadedCheckpoint(FlowModelContract):
 
         model = TestUNetFlowModel().make_model()
         with tempfile.TemporaryDirectory() as d:
-            save_model(f"{d}/m.safetensors", model, {"kind": "unet-flow", "unet": TINY_UNET})
+            save_model(f"{d}/m.safetensors", model, tiny_spec())
             loaded, spec = load_model(f"{d}/m.safetensors")
         x, t, c = self.inputs()
         with torch.no_grad():

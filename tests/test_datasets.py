@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewstep.models.datasets import ImageFolderError, make_dataset, to_model_range, to_uint8
+from fewstep.models.datasets import DigitsDataset, ImageFolderError, make_dataset, to_model_range, to_uint8
 from fewstep.models.datasets.shapes import CELL_PHRASES, RELATION_PHRASES, ShapesDataset, ShapesLabel
 
 
@@ -71,7 +71,9 @@ def test_range_conversions_round_trip():
 def test_digits_offline_with_captions():
     ds = make_dataset("digits")
     img, caption, digit = ds.item(0)
-    assert len(ds) == 1797 and img.shape == (32, 32, 3) and 0 <= digit <= 9
+    assert len(ds) == 1437 and img.shape == (32, 32, 3) and 0 <= digit <= 9  # the 80% train split
+    test = DigitsDataset(split="test")
+    assert len(test) == 360 and not {im.tobytes() for im in ds.images} & {im.tobytes() for im in test.images}
     assert (
         str(digit) in caption
         or ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][digit] in caption

@@ -8,6 +8,7 @@ import pytest
 
 @pytest.mark.slow
 def test_minilm_onnx_with_tokenizer_json_matches_torch(encoder, tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs the export extra: pip install 'fewstep[export]'")
     import onnxruntime as ort
     from tokenizers import Tokenizer
 

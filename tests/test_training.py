@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_UNET
+from conftest import TINY_UNET, tiny_spec
+from safetensors import safe_open
 
 from fewstep.compress.data import EncodedDataset
 from fewstep.compress.flow_matching import FlowMatchingLoss
@@ -16,6 +17,23 @@ from fewstep.models.checkpoint import CheckpointError
 from fewstep.models.datasets import ShapesDataset
 from fewstep.models.loading import load_model, save_model
 from fewstep.models.unet_flow import build_unet_flow
+
+
+class _InfGrad(torch.autograd.Function):
+    """Adds 0 to the loss and an infinite gradient to w."""
+
+    @staticmethod
+    def forward(ctx, w):
+        ctx.shape = w.shape
+        return w.sum() * 0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full(ctx.shape, float("inf"))
+
+
+def _overflowing_gradient(w: torch.Tensor) -> torch.Tensor:
+    return _InfGrad.apply(w)
 
 
 class _Interrupted(Exception):
@@ -32,9 +50,7 @@ def _loop(out, encoder, steps=6, stop_at=None, lr=2e-3, every=2, data=None):
             raise _Interrupted
 
     def save(where, ema, step):
-        save_model(
-            where / "model.safetensors", ema, {"kind": "unet-flow", "unet": dict(TINY_UNET, encoder_hid_dim=384)}
-        )
+        save_model(where / "model.safetensors", ema, tiny_spec(dict(TINY_UNET, encoder_hid_dim=384)))
 
     cfg = LoopConfig(
         steps=steps, batch_size=8, lr=lr, warmup_steps=2, checkpoint_every=every, log_every=1, sample_every=0
@@ -96,8 +112,9 @@ def test_nonfinite_losses_are_skipped_then_stop_keeping_the_checkpoint(tmp_path,
         pytest.raises(TrainingDivergedError, match="last good checkpoint"),
     ):
         loop.run(progress=False)
-    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
-    load_model(tmp_path / "model.safetensors")  # the step-2 checkpoint is intact
+    assert read_metrics(tmp_path)[-1]["step"] == 3  # the last real update
+    model, _ = load_model(tmp_path / "model.safetensors")  # checkpoints hold only good weights
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_train_teacher_writes_a_complete_run(tmp_path):
@@ -117,3 +134,33 @@ def test_mixed_precision_and_gpu_requests_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             TrainingLoop(build_unet_flow(TINY_UNET), None, None, LoopConfig(device="cuda"), "unused", None)
+
+
+def test_nonfinite_gradient_with_finite_loss_is_skipped(tmp_path, encoder):
+    loop, _ = _loop(tmp_path, encoder, steps=4, every=4)
+    real = loop.loss_fn
+
+    def poisoned(model, batch, g):
+        loss, logs = real(model, batch, g)
+        if loop.step == 3:  # the last step: a finite loss whose gradient overflows to inf
+            loss = loss + _overflowing_gradient(next(model.parameters()))
+        return loss, logs
+
+    loop.loss_fn = poisoned
+    with pytest.warns(UserWarning, match="non-finite"):
+        loop.run(progress=False)
+    assert all(torch.isfinite(p).all() for p in loop.model.parameters())
+    assert loop.step == 4
+    with safe_open(str(tmp_path / "state.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["fewstep"])["step"] == 4  # the skipped last step still ends with a checkpoint
+
+
+def test_teacher_resume_refuses_a_changed_dataset_before_any_work(tmp_path):
+    cfg = TeacherConfig(dataset_size=8, steps=1, batch_size=2, checkpoint_every=1, sample_every=0, preset="student-xs")
+    train_teacher(cfg, tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match=r"other settings.*data_seed"):
+        train_teacher(TeacherConfig(**{**cfg.__dict__, "data_seed": 5, "steps": 2}), tmp_path, resume=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_teacher(cfg, tmp_path)
+    train_teacher(TeacherConfig(**{**cfg.__dict__, "steps": 2}), tmp_path, resume=True, progress=False)
+    assert load_model(tmp_path / "model.safetensors")[1]["training"]["step"] == 2

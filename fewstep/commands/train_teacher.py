@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     if not args.out:
-        raise SystemExit("fewstep train-teacher: --out DIR is required (the run directory)")
+        raise ValueError("--out DIR is required (the run directory)")
     if args.threads:
         torch.set_num_threads(args.threads)
     path = train_teacher(cfg, args.out, resume=args.resume, progress=not args.no_progress)

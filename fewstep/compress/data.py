@@ -43,6 +43,7 @@ class EncodedDataset:
             "seed": getattr(dataset, "seed", None),
             "image_size": dataset.image_size,
             "encoder": encoder.spec,
+            "fingerprint": dataset.fingerprint(),  # changes when a folder's files or a generator's version do
         }
         if cache is not None and cache.is_file():
             try:

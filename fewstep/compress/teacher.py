@@ -19,7 +19,7 @@ from ..models.text_encoders import TextEncoder, clip_from_dir, minilm
 from ..models.unet_flow import build_unet_flow
 from .data import EncodedDataset
 from .flow_matching import FlowMatchingLoss
-from .trainer import LoopConfig, TrainingLoop, plot_training_curve
+from .trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
 
 SAMPLE_PROMPT_SEED = 12345  # held-out captions for the sample grids
 
@@ -90,6 +90,7 @@ def train_teacher(
 ) -> Path:
     """Train (or resume) a teacher into `out`; returns the path of the EMA model checkpoint."""
     out = Path(out)
+    resuming = check_resumable(out, cfg.loop(), to_dict(cfg), resume)
     out.mkdir(parents=True, exist_ok=True)
     preset = get_preset(cfg.preset)
     encoder = make_text_encoder(cfg.text_encoder, cfg.max_tokens)
@@ -98,7 +99,10 @@ def train_teacher(
     null = encoder.null(1)
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_unet_flow(preset.unet)
-    atomic_write_text(out / "config.yaml", f"# fewstep {__version__} train-teacher, resolved config\n" + to_yaml(cfg))
+    if not resuming:
+        atomic_write_text(
+            out / "config.yaml", f"# fewstep {__version__} train-teacher, resolved config\n" + to_yaml(cfg)
+        )
 
     sample_src = make_dataset(cfg.dataset, preset.image_size, SAMPLE_PROMPT_SEED, 8, cfg.data_path)
     prompts = [sample_src.caption(i) for i in range(min(8, len(sample_src)))]
@@ -126,6 +130,7 @@ def train_teacher(
         save,
         sample,
         on_step,
+        run_config=to_dict(cfg),
     )
     loop.run(resume=resume, progress=progress)
     plot_training_curve(out)

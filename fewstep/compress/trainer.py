@@ -26,6 +26,9 @@ from ..models.checkpoint import CheckpointError, atomic_write_text, load_tensors
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 STATE_FILE = "state.safetensors"
+# settings a resumed run may change: they do not alter the trajectory of the weights
+RESUMABLE_CHANGES = ("steps", "device", "checkpoint_every", "sample_every", "log_every", "max_bad_steps", "name",
+                     "sample_guidance", "sample_steps")  # fmt: skip
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -66,6 +69,38 @@ class LoopConfig:
             )
 
 
+def config_changes(meta: dict, loop: LoopConfig, run_config: dict) -> dict[str, tuple]:
+    """Weight-changing settings that differ between a saved run (its checkpoint metadata) and now."""
+    saved = {**asdict(LoopConfig()), **meta["loop"]}  # fields added since the run started take defaults
+    diff = {k: (saved[k], v) for k, v in asdict(loop).items() if saved[k] != v and k not in RESUMABLE_CHANGES}
+    saved_run = meta.get("run") or {}
+    diff.update({k: (saved_run[k], v) for k, v in run_config.items()
+                 if k in saved_run and saved_run[k] != v and k not in RESUMABLE_CHANGES})  # fmt: skip
+    return diff
+
+
+def check_resumable(out_dir: str | Path, loop: LoopConfig, run_config: dict, resume: bool) -> bool:
+    """Before any expensive set-up: is there a run in `out_dir`, may it be resumed with these settings?"""
+    from safetensors import safe_open
+
+    path = Path(out_dir) / STATE_FILE
+    if not path.exists():
+        return False
+    if not resume:
+        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["fewstep"])
+    except Exception as e:  # any unreadable state is reported the same way
+        raise CheckpointError(f"{path} is not a readable fewstep training state: {e}") from None
+    diff = config_changes(meta, loop, run_config)
+    if diff:
+        raise CheckpointError(
+            f"{path} was trained with other settings {diff} (saved, now); resume with the same config"
+        )
+    return True
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     """Move a batch (tensors, Conds, tuples of them) to the training device."""
     if device.type == "cpu":
@@ -90,6 +125,7 @@ class TrainingLoop:
         save_model_fn: Callable[[Path, nn.Module, int], None],
         sample_fn: Callable[[nn.Module, int, Path], None] | None = None,
         on_step: Callable[[int], None] | None = None,
+        run_config: dict | None = None,
     ):
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -105,7 +141,10 @@ class TrainingLoop:
         self.autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")
         self.step = 0
+        self._bad = 0  # consecutive skipped steps
         self._pending: list[dict] = []
+        # the caller's full config (data, model, method); a resume with other weight-changing values is refused
+        self.run_config = run_config or {}
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -117,16 +156,21 @@ class TrainingLoop:
 
     def save_checkpoint(self) -> None:
         self._flush_metrics()
-        meta = {"step": self.step, "loop": asdict(self.config), "param_groups": self.opt.state_dict()["param_groups"]}
+        meta = {
+            "step": self.step,
+            "loop": asdict(self.config),
+            "run": self.run_config,
+            "param_groups": self.opt.state_dict()["param_groups"],
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
         save_tensors(self.out / STATE_FILE, self._state_tensors(), meta)
         self.save_model_fn(self.out, self.ema, self.step)
 
     def load_checkpoint(self) -> None:
         path = self.out / STATE_FILE
         tensors, meta = load_tensors(path)
-        saved = dict(meta["loop"], steps=self.config.steps)  # only the target step count may change on resume
-        if saved != asdict(self.config):
-            diff = {k: (saved[k], v) for k, v in asdict(self.config).items() if saved.get(k) != v}
+        diff = config_changes(meta, self.config, self.run_config)
+        if diff:
             raise CheckpointError(
                 f"{path} was trained with other settings {diff} (saved, now); resume with the same config"
             )
@@ -138,6 +182,8 @@ class TrainingLoop:
             i, name = k.split(".", 1)
             state.setdefault(int(i), {})[name] = v
         self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        if meta.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
         self._truncate_metrics()
 
@@ -151,7 +197,7 @@ class TrainingLoop:
     def _truncate_metrics(self) -> None:
         path = self.out / METRICS_FILE
         if path.is_file():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
+            keep = [json.dumps(m) for m in _parse_metrics(path) if m["step"] <= self.step]
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -166,6 +212,41 @@ class TrainingLoop:
         for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
             e.copy_(b)
 
+    def _skip(self, step: int, what: str) -> None:
+        """A non-finite loss or gradient: the update is dropped, and repeated failures stop the run."""
+        self.opt.zero_grad(set_to_none=True)
+        self._bad += 1
+        warnings.warn(f"step {step}: non-finite {what}, step skipped ({self._bad} in a row)", stacklevel=2)
+        if self._bad >= self.config.max_bad_steps:
+            raise TrainingDivergedError(
+                f"{self._bad} consecutive non-finite steps at step {step}; the last good checkpoint in {self.out} "
+                "is kept. Lower --lr or check the data."
+            )
+
+    def _train_step(self, step: int) -> dict[str, float] | None:
+        """One optimizer update; None when the step was skipped."""
+        cfg = self.config
+        for g in self.opt.param_groups:
+            g["lr"] = self._lr(step)
+        with self.autocast:
+            batch = _to(self.batch_fn(step), self.device)
+            loss, logs = self.loss_fn(self.model, batch, step_generator(cfg.seed, step))
+        self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self._skip(step, f"loss {loss.item()}")
+            return None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):
+            self._skip(step, f"gradient norm {float(grad_norm)}")  # fp16's scaler skips such steps itself
+            return None
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self._update_ema(step)
+        self._bad = 0
+        return dict(logs, grad_norm=float(grad_norm))
+
     def run(self, resume: bool = False, progress: bool = True) -> nn.Module:
         """Train to `config.steps`; returns the EMA model. `resume` continues from `out/state.safetensors`."""
         cfg = self.config
@@ -176,45 +257,26 @@ class TrainingLoop:
                     f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
                 )
             self.load_checkpoint()
-        elif (self.out / METRICS_FILE).exists():
-            (self.out / METRICS_FILE).unlink()  # metrics of a run that never reached a checkpoint
+        else:
+            if resume:
+                warnings.warn(f"--resume: no checkpoint in {self.out} yet, starting a new run", stacklevel=2)
+            (self.out / METRICS_FILE).unlink(missing_ok=True)  # metrics of a run that never reached a checkpoint
+        saved_step = self.step
         self.model.train()
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc="train", disable=not progress, mininterval=1, smoothing=0.05
         )
-        bad, window, started = 0, [], time.time()
+        window: list[dict[str, float]] = []
+        started = time.time()
         while self.step < cfg.steps:
             step = self.step
-            for g in self.opt.param_groups:
-                g["lr"] = self._lr(step)
-            with self.autocast:
-                batch = _to(self.batch_fn(step), self.device)
-                loss, logs = self.loss_fn(self.model, batch, step_generator(cfg.seed, step))
-            self.opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                bad += 1
-                warnings.warn(
-                    f"step {step}: non-finite loss {loss.item()}, step skipped ({bad} in a row)", stacklevel=1
-                )
-                if bad >= cfg.max_bad_steps:
-                    raise TrainingDivergedError(
-                        f"{bad} consecutive non-finite losses at step {step}; the last good checkpoint in {self.out} "
-                        "is kept. Lower --lr or check the data."
-                    )
-                self.step += 1
-                continue
-            bad = 0
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self._update_ema(step)
+            logs = self._train_step(step)
             self.step += 1
-            window.append(dict(logs, grad_norm=float(grad_norm)))
             bar.update(1)
-            bar.set_postfix(loss=f"{logs.get('loss', loss.item()):.4f}", refresh=False)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if logs is not None:
+                window.append(logs)
+                bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", refresh=False)
+            if window and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                 self._pending.append(
                     {"step": self.step, "lr": self._lr(step), "elapsed_s": round(time.time() - started, 2), **avg}
@@ -222,18 +284,34 @@ class TrainingLoop:
                 window = []
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
+                saved_step = self.step
             if self.sample_fn and cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                 self.sample_fn(self.ema, self.step, self.out / "samples")
             if self.on_step:
                 self.on_step(self.step)
         bar.close()
+        if saved_step != self.step:
+            self.save_checkpoint()
         self._flush_metrics()
         return self.ema
 
 
+def _parse_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl rows; a line cut short by a crash mid-append is dropped, not fatal."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
 def read_metrics(out_dir: str | Path) -> list[dict]:
     path = Path(out_dir) / METRICS_FILE
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    return _parse_metrics(path) if path.is_file() else []
 
 
 def plot_training_curve(out_dir: str | Path, key: str = "loss") -> Path | None:

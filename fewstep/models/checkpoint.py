@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 CHECKPOINT_FORMAT = "fewstep-checkpoint/1"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
 
 class CheckpointError(ValueError):
@@ -29,15 +31,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         write(tmp_path)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        os.fsync(fd)  # the same inode `write` filled through its own handle
+        os.close(fd)
+        fd = -1
         os.replace(tmp_path, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -45,6 +45,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         finally:
             os.close(dir_fd)
     finally:
+        if fd >= 0:
+            os.close(fd)
         tmp_path.unlink(missing_ok=True)
 
 

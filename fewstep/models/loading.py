@@ -25,7 +25,10 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     if key in SHIPPED:
         path = SHIPPED[key]
         if not path.is_file():
-            raise CheckpointError(f"shipped model {key!r} is missing at {path}; reinstall fewstep or pass a path")
+            raise CheckpointError(
+                f"shipped model {key!r} is missing at {path}; it comes with the fewstep source tree "
+                "(fewstep/weights/), reinstall from it or pass a checkpoint path"
+            )
         return path
     path = Path(key)
     if not path.exists():
@@ -51,6 +54,9 @@ def load_model(name_or_path: str | Path) -> tuple[UNetFlowModel, dict]:
         raise CheckpointError(f"{path} has format {spec.get('format')!r}; this fewstep reads {CHECKPOINT_FORMAT!r}")
     if spec.get("kind") not in KINDS:
         raise CheckpointError(f"{path} holds a {spec.get('kind')!r} model; this command needs one of {KINDS}")
+    missing = [k for k in ("unet", "image", "sampler", "text_encoder") if k not in spec]
+    if missing:
+        raise CheckpointError(f"{path} is missing the spec field(s) {', '.join(missing)}; it is incomplete or damaged")
     model = build_unet_flow(spec["unet"])
     load_state_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, str(path))
     return model.eval().requires_grad_(False), spec

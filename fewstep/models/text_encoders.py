@@ -53,9 +53,14 @@ class TextEncoder:
         tok = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
         )
-        out = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+        if self.spec["kind"] == "clip":
+            # Stable Diffusion's CLIP runs unmasked and its UNet attends to all positions, padding included
+            out = self.model(input_ids=tok["input_ids"])
+            mask = torch.ones_like(tok["attention_mask"], dtype=torch.float32)
+        else:
+            out = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+            mask = tok["attention_mask"].float()
         states = out.last_hidden_state.float()
-        mask = tok["attention_mask"].float()
         pooled = getattr(out, "pooler_output", None)
         if pooled is None or self.spec["kind"] == "minilm":
             pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # sentence-transformers mean pool

@@ -16,9 +16,10 @@ from .contract import Cond, check_inputs
 
 
 def guidance_embedding(w: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of the guidance scale (LCM / guidance distillation's `timestep_cond`)."""
+    """Sinusoidal embedding of the guidance scale w for `timestep_cond` (diffusers' LCM pipelines'
+    `get_guidance_scale_embedding`; LCM feeds w - 1 there: convert at the boundary when loading such a UNet)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=w.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=w.device) / (half - 1))
     args = (w.float() * 1000.0)[:, None] * freqs[None]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     return torch.nn.functional.pad(emb, (0, dim % 2))
@@ -47,18 +48,17 @@ class UNetFlowModel(nn.Module):
             if cond.guidance is None:
                 raise ValueError("this model has an embedded guidance input: set cond.guidance (Cond.with_guidance(w))")
             timestep_cond = guidance_embedding(cond.guidance, self.guidance_dim).to(x.dtype)
-        added = None
-        if self.unet.config.addition_embed_type == "text":
-            if cond.pooled is None:
-                raise ValueError("this UNet uses a pooled text embedding: cond.pooled must be set")
-            added = {"text_embeds": cond.pooled}
+        if self.unet.config.addition_embed_type in ("text_time", "image", "image_hint", "text_image"):
+            raise NotImplementedError(
+                f"UNets with addition_embed_type={self.unet.config.addition_embed_type!r} (SDXL-style extra "
+                "conditioning) are not supported yet; they come with real latent teachers"
+            )
         return self.unet(
             x,
             t * self.timestep_scale,
             encoder_hidden_states=cond.text,
             encoder_attention_mask=cond.text_mask,
             timestep_cond=timestep_cond,
-            added_cond_kwargs=added,
         ).sample
 
 

@@ -40,7 +40,8 @@ class VPFlowAdapter(nn.Module):
 
     `denoiser` follows the flow contract's signature but in diffusion terms: (z_s, s in training steps,
     cond). Flow times outside the table's range (t < t(0) or t > t(S-1)) are clamped to its ends: a VP model
-    has no exact pure-noise (t = 1) or clean (t = 0) state.
+    has no exact pure-noise (t = 1) or clean (t = 0) state, so samplers for VP teachers should start at
+    `t_table[-1]` (what diffusers' schedulers do) rather than at t = 1.
     """
 
     def __init__(self, denoiser: FlowModel, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
@@ -60,10 +61,13 @@ class VPFlowAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         check_inputs(x, t, cond)
+        # alpha, sigma exactly from t (VP: alpha^2 + sigma^2 = 1, sigma / alpha = t / (1 - t)), so that
+        # x_t = (1 - t) x0_hat + t eps_hat holds at every t; the table only gives the network's timestep.
+        t = t.double().clamp(self.t_table[0], self.t_table[-1])
         s = self.diffusion_timestep(t)
-        abar = _interp(s, self.steps, self.abar)
-        alpha = abar.sqrt().view(-1, 1, 1, 1)
-        sigma = (1 - abar).sqrt().view(-1, 1, 1, 1)
+        r = torch.hypot(1 - t, t)
+        alpha = ((1 - t) / r).view(-1, 1, 1, 1)
+        sigma = (t / r).view(-1, 1, 1, 1)
         z = ((alpha + sigma) * x.double()).to(x.dtype)
         out = self.denoiser(z, s.to(x.dtype), cond).double()
         if self.prediction_type == "epsilon":

@@ -19,6 +19,7 @@ class CaptionedImages(Protocol):
     def __len__(self) -> int: ...
     def caption(self, i: int) -> str: ...
     def item(self, i: int) -> tuple[np.ndarray, str, Any]: ...
+    def fingerprint(self) -> str: ...
 
 
 DATASETS = ("shapes", "digits", "imagefolder")
@@ -30,8 +31,8 @@ def make_dataset(
     """Build a dataset by name: `shapes` (size items), `digits`, or `imagefolder` (needs `path`)."""
     if name == "shapes":
         return ShapesDataset(n=size, seed=seed, image_size=image_size)
-    if name == "digits":
-        return DigitsDataset(seed=seed, image_size=image_size)
+    if name == "digits":  # the test split is kept for evaluation (fewstep eval --dataset digits)
+        return DigitsDataset(seed=0, image_size=image_size, split="train")
     if name == "imagefolder":
         if not path:
             raise ValueError("dataset 'imagefolder' needs a folder: pass --data-path DIR (with metadata.jsonl)")

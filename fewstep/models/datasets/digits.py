@@ -27,10 +27,13 @@ class DigitsDataset:
         order = {"all": order, "train": order[:cut], "test": order[cut:]}[split]
         self.images = images[order]
         self.targets = targets[order].astype(int)
-        self.seed, self.image_size = seed, image_size
+        self.seed, self.image_size, self.split = seed, image_size, split
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def fingerprint(self) -> str:
+        return f"digits/1 split={self.split}"
 
     def label(self, i: int) -> int:
         return int(self.targets[i])

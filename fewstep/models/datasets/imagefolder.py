@@ -83,6 +83,16 @@ class ImageFolderDataset:
     def __len__(self) -> int:
         return len(self.files)
 
+    def fingerprint(self) -> str:
+        """sha256 over metadata.jsonl and every image's name, size and mtime."""
+        import hashlib
+
+        h = hashlib.sha256((self.root / "metadata.jsonl").read_bytes())
+        for f in self.files:
+            st = f.stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
     def label(self, i: int) -> None:
         return None
 

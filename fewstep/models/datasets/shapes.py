@@ -194,6 +194,9 @@ class ShapesDataset:
     def __len__(self) -> int:
         return self.n
 
+    def fingerprint(self) -> str:
+        return f"shapes/1 two_shape_fraction={self.two_shape_fraction}"  # bump when drawing or captions change
+
     def label(self, i: int) -> ShapesLabel:
         return _sample_label(np.random.default_rng([self.seed, i]), self.two_shape_fraction)
 
