@@ -15,12 +15,12 @@ demo: $(STAMP)
 	$(VENV)/bin/fewstep demo
 
 test: $(STAMP)
-	$(PY) -m ruff check fewstep tests benchmarks
+	$(PY) -m ruff check fewstep tests benchmarks scripts
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check fewstep tests benchmarks
-	$(PY) -m ruff format --check fewstep tests benchmarks
+	$(PY) -m ruff check fewstep tests benchmarks scripts
+	$(PY) -m ruff format --check fewstep tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out

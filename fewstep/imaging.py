@@ -29,7 +29,7 @@ def make_grid(images: np.ndarray, nrow: int | None = None, scale: int = 4, pad: 
 def captioned_grid(images: np.ndarray, captions: list[str], nrow: int, scale: int = 4) -> Image.Image:
     """A grid with each row's caption written to its left (one caption per row of seeds)."""
     grid = make_grid(images, nrow=nrow, scale=scale)
-    text_w = 7 * max((len(c) for c in captions), default=0) + 10
+    text_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(max(captions, key=len, default=""))) + 12
     out = Image.new("RGB", (grid.width + text_w, grid.height), (255, 255, 255))
     out.paste(grid, (text_w, 0))
     draw = ImageDraw.Draw(out)

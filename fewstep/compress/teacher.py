@@ -99,10 +99,9 @@ def train_teacher(
     null = encoder.null(1)
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_unet_flow(preset.unet)
-    if not resuming:
-        atomic_write_text(
-            out / "config.yaml", f"# fewstep {__version__} train-teacher, resolved config\n" + to_yaml(cfg)
-        )
+    # after the resume check: a resumed run records its new target (e.g. more steps), a refused one changes nothing
+    head = f"# fewstep {__version__} train-teacher, resolved config{' (resumed)' if resuming else ''}\n"
+    atomic_write_text(out / "config.yaml", head + to_yaml(cfg))
 
     sample_src = make_dataset(cfg.dataset, preset.image_size, SAMPLE_PROMPT_SEED, 8, cfg.data_path)
     prompts = [sample_src.caption(i) for i in range(min(8, len(sample_src)))]
