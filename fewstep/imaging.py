@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .fsio import atomic_write
 
 
 def make_grid(images: np.ndarray, nrow: int | None = None, scale: int = 4, pad: int = 2) -> Image.Image:
@@ -41,17 +41,5 @@ def captioned_grid(images: np.ndarray, captions: list[str], nrow: int, scale: in
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Atomic PNG write (a reader never sees half an image)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return Path(path)

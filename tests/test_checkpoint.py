@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import random_cond, tiny_spec
 
+from fewstep.fsio import atomic_write
 from fewstep.models.checkpoint import (
     CheckpointError,
-    atomic_write,
     load_foreign_state_dict,
     load_state_strict,
     save_tensors,

@@ -9,8 +9,8 @@ import torch
 
 from .. import __version__
 from ..config import to_dict, to_yaml
+from ..fsio import atomic_write_text
 from ..imaging import captioned_grid, save_png
-from ..models.checkpoint import atomic_write_text
 from ..models.datasets import make_dataset, to_uint8
 from ..models.loading import save_model
 from ..models.presets import get_preset

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models.checkpoint import CheckpointError, atomic_write_text, load_tensors, save_tensors
+from ..fsio import atomic_write_text
+from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 STATE_FILE = "state.safetensors"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def judge_accuracy(kind: str, judge: nn.Module, images: np.ndarray, labels: list
     if kind == "digits":
         return {"digit_accuracy": float(np.mean(digits_adherent(out, labels)))}
     det = decode_shapes(out)
-    full = [ShapesLabelAll(lb) for lb in labels]
+    full = [replace(lb, named=frozenset({"size", "background"})) for lb in labels]  # every attribute checked
     tgt = shapes_targets(labels)
     occupied = tgt["shape"] > 0
     return {
@@ -73,12 +74,6 @@ def judge_accuracy(kind: str, judge: nn.Module, images: np.ndarray, labels: list
         "size_accuracy": float((out["size"].argmax(-1) == tgt["size"])[occupied].float().mean()),
         "background_accuracy": float((out["background"].argmax(-1) == tgt["background"]).float().mean()),
     }
-
-
-def ShapesLabelAll(label):
-    from dataclasses import replace
-
-    return replace(label, named=frozenset({"size", "background"}))
 
 
 def _batched_logits(judge: nn.Module, images: np.ndarray, batch: int = 256) -> dict[str, list[torch.Tensor]]:
