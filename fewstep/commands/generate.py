@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own, 50 for teachers)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale w, 1 = off (default: the model's own)")
-    p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+    p.add_argument("--sampler", choices=("euler", "heun"), default=None, help="ODE solver (default: the model's own)")
     p.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the grid's tiles (default 4)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -69,14 +69,18 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     prompts = read_prompts(args)
     pipe = TorchPipeline.from_checkpoint(args.model)
-    steps = args.steps if args.steps is not None else int(pipe.spec["sampler"].get("default_steps", 50))
+    steps = args.steps
     rows = [p for p in prompts for _ in args.seeds]
     seeds = [s for _ in prompts for s in args.seeds]
     images = pipe.generate(rows, seeds, steps=steps, guidance=args.guidance, sampler=args.sampler)
     path = save_png(captioned_grid(images, prompts, nrow=len(args.seeds), scale=args.scale), args.out)
-    w = pipe.default_guidance if args.guidance is None else args.guidance
+    from ..models.pipeline import resolve_guidance, sampling_times
+
+    w = resolve_guidance(pipe.spec, args.guidance)
+    rule = args.sampler or pipe.spec["sampler"].get("rule", "euler")
+    n = len(sampling_times(pipe.spec, steps)) - (0 if rule == "consistency" else 1)
     print(
         f"wrote {path}: {len(prompts)} prompt(s) x {len(args.seeds)} seed(s), "
-        f"{args.sampler} {steps} steps, guidance {w:g}"
+        f"{rule} {n} step(s), guidance {w:g} ({pipe.guidance_mode})"
     )
     return 0

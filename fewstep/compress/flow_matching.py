@@ -7,22 +7,28 @@ from dataclasses import dataclass
 import torch
 
 from ..models.contract import Cond, FlowModel
+from .distributed import StepRandom
 
 
-def sample_t(n: int, how: str, generator: torch.Generator) -> torch.Tensor:
+def bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, ...) to broadcast against `like` (images or toy vectors)."""
+    return t.view(-1, *([1] * (like.ndim - 1)))
+
+
+def sample_t(n: int, how: str, rng: StepRandom) -> torch.Tensor:
     """Training times in (0, 1): `uniform`, or `logit_normal` (SD3: sigmoid of N(0, 1), more mass mid-path)."""
     if how == "uniform":
-        return torch.rand(n, generator=generator)
+        return rng.rand(n)
     if how == "logit_normal":
-        return torch.sigmoid(torch.randn(n, generator=generator))
+        return torch.sigmoid(rng.randn(n))
     raise ValueError(f"unknown t sampling {how!r}; use 'uniform' or 'logit_normal'")
 
 
-def drop_condition(cond: Cond, null: Cond, p: float, generator: torch.Generator) -> Cond:
+def drop_condition(cond: Cond, null: Cond, p: float, rng: StepRandom) -> Cond:
     """Replace each row's text by the null (empty-prompt) condition with probability p, for CFG."""
     if p <= 0:
         return cond
-    drop = (torch.rand(cond.batch_size, generator=generator) < p).to(cond.text.device)
+    drop = (rng.rand(cond.batch_size) < p).to(cond.text.device)
     null = null.to(cond.text.device)
     text = torch.where(drop[:, None, None], null.text.expand_as(cond.text), cond.text)
     mask = (
@@ -44,12 +50,12 @@ class FlowMatchingLoss:
     cond_dropout: float = 0.1
     t_sampling: str = "logit_normal"
 
-    def __call__(self, model: FlowModel, batch: tuple[torch.Tensor, Cond], generator: torch.Generator):
+    def __call__(self, model: FlowModel, batch: tuple[torch.Tensor, Cond], rng: StepRandom):
         x0, cond = batch
         # random draws come from the CPU generator of (seed, step), then move: identical on every device
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        t = sample_t(x0.shape[0], self.t_sampling, generator).to(x0.device)
-        x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
-        cond = drop_condition(cond, self.null_cond, self.cond_dropout, generator)
+        eps = rng.randn(*x0.shape).to(x0.device)
+        t = sample_t(x0.shape[0], self.t_sampling, rng).to(x0.device)
+        x_t = (1 - bcast(t, x0)) * x0 + bcast(t, x0) * eps
+        cond = drop_condition(cond, self.null_cond, self.cond_dropout, rng)
         loss = (model(x_t, t, cond) - (eps - x0)).pow(2).mean()
         return loss, {"loss": loss.item()}

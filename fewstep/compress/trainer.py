@@ -1,9 +1,14 @@
 """ONE training loop for teachers and every distillation method.
 
-A method is a loss object `loss(model, batch, generator) -> (loss, logs)`; the loop never asks which one it
-runs. It owns AdamW with LR warm-up, gradient clipping, EMA, atomic checkpoints with exact `--resume`
+A method is a loss object `loss(model, batch, rng) -> (loss, logs)` (`rng`: the step's `StepRandom`); the loop
+never asks which one it runs. A loss that owns trainable or moving parts of its own (DMD's fake score and its
+optimizer, the consistency target network) exposes `state_tensors()` / `load_state_tensors(d)` (saved in the
+training state, so `--resume` is exact for them too), and optionally `to(device)` and `after_step(model)`.
+
+The loop owns AdamW with LR warm-up, gradient clipping, EMA, atomic checkpoints with exact `--resume`
 (batches and noise are functions of (seed, step), so a resumed run equals an uninterrupted one), NaN/Inf
-step skipping, a progress bar with loss and ETA, `metrics.jsonl`, periodic sample grids and a loss curve.
+step skipping, a progress bar with loss and ETA, `metrics.jsonl`, periodic sample grids, a loss curve and
+multi-process data parallel (`fewstep.compress.distributed`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from tqdm.auto import tqdm
 
 from ..fsio import atomic_write_text
 from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
+from . import distributed as ddp
+from .distributed import StepRandom
 
-LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[nn.Module, Any, StepRandom], tuple[torch.Tensor, dict[str, float]]]
 STATE_FILE = "state.safetensors"
 # settings a resumed run may change: they do not alter the trajectory of the weights
-RESUMABLE_CHANGES = ("steps", "device", "checkpoint_every", "sample_every", "log_every", "max_bad_steps", "name",
-                     "sample_guidance", "sample_steps")  # fmt: skip
+RESUMABLE_CHANGES = ("steps", "stage2_steps", "device", "checkpoint_every", "sample_every", "log_every",
+                     "max_bad_steps", "name", "sample_guidance", "sample_steps")  # fmt: skip
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -111,10 +118,6 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch.to(device)
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
 class TrainingLoop:
     def __init__(
         self,
@@ -132,6 +135,10 @@ class TrainingLoop:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {config.device} requested but torch sees no CUDA GPU (torch {torch.__version__})")
         model = model.to(self.device)
+        if hasattr(loss_fn, "to"):
+            loss_fn.to(self.device)
+        self.rank, self.world = ddp.world()
+        ddp.broadcast_module(model)
         self.model, self.loss_fn, self.batch_fn, self.config = model, loss_fn, batch_fn, config
         self.out = Path(out_dir)
         self.save_model_fn, self.sample_fn, self.on_step = save_model_fn, sample_fn, on_step
@@ -151,11 +158,16 @@ class TrainingLoop:
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        if hasattr(self.loss_fn, "state_tensors"):
+            tensors.update({f"loss.{k}": v for k, v in self.loss_fn.state_tensors().items()})
         for i, s in self.opt.state_dict()["state"].items():
             tensors.update({f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
         return tensors
 
     def save_checkpoint(self) -> None:
+        if not ddp.is_main():  # one writer; the others wait so that nobody runs ahead of a checkpoint
+            ddp.barrier()
+            return
         self._flush_metrics()
         meta = {
             "step": self.step,
@@ -166,6 +178,7 @@ class TrainingLoop:
         }
         save_tensors(self.out / STATE_FILE, self._state_tensors(), meta)
         self.save_model_fn(self.out, self.ema, self.step)
+        ddp.barrier()
 
     def load_checkpoint(self) -> None:
         path = self.out / STATE_FILE
@@ -178,6 +191,8 @@ class TrainingLoop:
         pick = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         self.model.load_state_dict(pick("model."))
         self.ema.load_state_dict(pick("ema."))
+        if hasattr(self.loss_fn, "load_state_tensors"):
+            self.loss_fn.load_state_tensors({k: v.to(self.device) for k, v in pick("loss.").items()})
         state: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in pick("optim.").items():
             i, name = k.split(".", 1)
@@ -190,7 +205,7 @@ class TrainingLoop:
 
     # ---- metrics -----------------------------------------------------------------------------
     def _flush_metrics(self) -> None:
-        if self._pending:
+        if self._pending and ddp.is_main():
             with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(m) + "\n" for m in self._pending)
             self._pending = []
@@ -230,13 +245,14 @@ class TrainingLoop:
         for g in self.opt.param_groups:
             g["lr"] = self._lr(step)
         with self.autocast:
-            batch = _to(self.batch_fn(step), self.device)
-            loss, logs = self.loss_fn(self.model, batch, step_generator(cfg.seed, step))
+            batch = _to(ddp.shard_batch(self.batch_fn(step), self.rank, self.world), self.device)
+            loss, logs = self.loss_fn(self.model, batch, StepRandom(cfg.seed, step, self.rank, self.world))
         self.opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if ddp.any_rank(not bool(torch.isfinite(loss))):  # every rank skips together, or the collectives hang
             self._skip(step, f"loss {loss.item()}")
             return None
         self.scaler.scale(loss).backward()
+        ddp.all_reduce_grads(self.params)
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):
@@ -245,6 +261,8 @@ class TrainingLoop:
         self.scaler.step(self.opt)
         self.scaler.update()
         self._update_ema(step)
+        if hasattr(self.loss_fn, "after_step"):
+            self.loss_fn.after_step(self.model)
         self._bad = 0
         return dict(logs, grad_norm=float(grad_norm))
 
@@ -265,7 +283,12 @@ class TrainingLoop:
         saved_step = self.step
         self.model.train()
         bar = tqdm(
-            total=cfg.steps, initial=self.step, desc="train", disable=not progress, mininterval=1, smoothing=0.05
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            disable=not progress or not ddp.is_main(),
+            mininterval=1,
+            smoothing=0.05,
         )
         window: list[dict[str, float]] = []
         started = time.time()
@@ -286,7 +309,12 @@ class TrainingLoop:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
                 saved_step = self.step
-            if self.sample_fn and cfg.sample_every and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+            if (
+                self.sample_fn
+                and ddp.is_main()
+                and cfg.sample_every
+                and (self.step % cfg.sample_every == 0 or self.step == cfg.steps)
+            ):
                 self.sample_fn(self.ema, self.step, self.out / "samples")
             if self.on_step:
                 self.on_step(self.step)

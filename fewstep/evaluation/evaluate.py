@@ -121,17 +121,25 @@ def evaluate(
         ref_images = np.stack([ref.item(i)[0] for i in range(len(ref))])
         result["real_vs_real"] = fid_kid(real, ref_images, space)
         two = np.array([len(lb.objects) == 2 for lb in labels])
+    mode, rule = pipe.guidance_mode, pipe.spec["sampler"].get("rule", "euler")
+    if mode != "cfg" or rule != "euler":  # students: their own rule and guidance, one row per step count
+        settings = tuple(dict.fromkeys(
+            Setting(rule, s.steps, 1.0 if mode == "none" else s.guidance) for s in settings
+        ))  # fmt: skip
     for s in settings:
         bar = tqdm(total=len(prompts), desc=s.label, disable=not progress, leave=False)
         t0 = time.perf_counter()
-        fake = pipe.generate(prompts, seeds, s.steps, s.guidance, s.sampler, on_batch=bar.update)
+        sampler = None if rule == "consistency" else s.sampler
+        guidance = None if mode == "none" else s.guidance
+        fake = pipe.generate(prompts, seeds, s.steps, guidance, sampler, on_batch=bar.update)
         seconds = time.perf_counter() - t0
         bar.close()
         ok = np.array(adherence(dataset, judge, fake, labels))
         row = {
             "label": s.label,
             **asdict(s),
-            "nfe": s.nfe,
+            "nfe": s.nfe if mode == "cfg" else s.nfe // (2 if s.guidance != 1.0 else 1),
+            "guidance_mode": mode,
             **fid_kid(real, fake, space),
             "adherence": float(ok.mean()),
             "generate_seconds": round(seconds, 2),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..noise import seeded_noise_np
+from ..noise import renoise_np, seeded_noise_np
 from .contract import Cond, FlowModel
 
 Callback = Callable[[int, int], None]  # (step index, number of steps)
@@ -99,6 +99,38 @@ def heun(
         if callback:
             callback(i, n)
     return x
+
+
+@torch.no_grad()
+def consistency(
+    model: FlowModel,
+    noise: torch.Tensor,
+    times: torch.Tensor,
+    cond: Cond,
+    renoise: Callable[[int], torch.Tensor],
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling: x0 = f(x, t_i) = x - t_i v(x, t_i), then x = (1 - t_{i+1}) x0 +
+    t_{i+1} renoise(i) with fresh noise, for the decreasing `times` (no trailing 0)."""
+    if times.ndim != 1 or times.numel() < 1 or not bool((times[1:] < times[:-1]).all()):
+        raise ValueError(f"consistency times must be a decreasing 1-D tensor; got {times.tolist()}")
+    if float(times.min()) <= 0.0 or float(times.max()) > 1.0:
+        raise ValueError(f"consistency times must lie in (0, 1]; got {times.tolist()}")
+    x = noise
+    for i, t in enumerate(times):
+        tb = t.to(x.dtype).expand(x.shape[0])
+        x0 = x - t * model(x, tb, cond)
+        if i + 1 < len(times):
+            s = times[i + 1]
+            x = (1 - s) * x0 + s * renoise(i).to(x)
+        if callback:
+            callback(i, len(times))
+    return x0
+
+
+def seeded_renoise(seeds: list[int], shape: tuple[int, int, int]) -> Callable[[int], torch.Tensor]:
+    """Re-noising draws of the consistency sampler, identical to the runtime's."""
+    return lambda step: torch.from_numpy(renoise_np(seeds, shape, step))
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": euler, "heun": heun}

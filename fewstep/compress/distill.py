@@ -1,0 +1,408 @@
+"""`fewstep distill METHOD`: build the student, the method's loss and its batches, then run the ONE loop.
+
+Methods (METHODS.md): reflow, slimflow (annealing reflow, then flow-guided distillation), instaflow,
+guidance, consistency, progressive (rounds of halving) and dmd. Methods that learn from trajectory pairs
+read a pair cache (`fewstep pairs`); the others query the teacher online on dataset images.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import to_dict, to_yaml
+from ..fsio import atomic_write_text
+from ..imaging import captioned_grid, save_png
+from ..models.checkpoint import CheckpointError
+from ..models.datasets import make_dataset, to_uint8
+from ..models.loading import load_model, resolve_checkpoint, save_model
+from ..models.pipeline import TorchPipeline, resolve_guidance, sampling_times
+from ..models.text_encoders import load_text_encoder
+from . import distributed as ddp
+from .data import EncodedDataset
+from .methods.consistency import ConsistencyLoss, consistency_timesteps
+from .methods.dmd import DMDLoss
+from .methods.guidance import GuidanceDistillLoss
+from .methods.instaflow import InstaFlowLoss
+from .methods.progressive import ProgressiveLoss
+from .methods.reflow import ReflowLoss
+from .methods.slimflow import AnnealingReflowLoss, FlowGuidedLoss
+from .pairs import PairCache, sha256_file
+from .students import INITS, build_student, init_student, student_unet_config
+from .trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
+
+METHODS = ("reflow", "slimflow", "instaflow", "guidance", "consistency", "progressive", "dmd")
+PAIR_METHODS = ("reflow", "slimflow", "instaflow", "dmd")
+SAMPLE_PROMPTS = [
+    "a red circle",
+    "a large blue square on a white background",
+    "a green triangle to the left of a yellow cross",
+    "a small purple circle at the bottom right",
+]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    method: str = "reflow"  # reflow | slimflow | instaflow | guidance | consistency | progressive | dmd
+    name: str = ""  # model name written into the checkpoint (default: TEACHER-METHOD-STUDENT)
+    teacher: str = "shapes32-teacher"  # checkpoint path or shipped name
+    student: str = "student-s"  # network preset of the student (`fewstep info`), or 'same' = teacher's
+    init: str = "auto"  # scratch | teacher | sliced | auto (teacher when same size, else sliced; slimflow: scratch)
+    pairs: str | None = None  # pair cache directory (reflow, slimflow, instaflow, dmd); see `fewstep pairs`
+    dataset: str = "shapes"  # training images for guidance, consistency, progressive: shapes | digits | imagefolder
+    data_path: str | None = None  # imagefolder only
+    dataset_size: int = 10000  # shapes images (rendered and encoded once, cached in the run directory)
+    data_seed: int = 0
+    guidance: float = 3.0  # teacher CFG scale where the teacher is queried online (consistency, progressive, dmd)
+    student_steps: int = 1  # steps the student samples with (instaflow's k; progressive's final count)
+    steps: int = 2000  # optimizer steps (slimflow: stage 1; progressive: per round)
+    batch_size: int = 32  # global batch (split over torchrun processes)
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    sample_every: int = 500
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    mixed_precision: str = "no"  # no | bf16 | fp16 (GPUs only)
+    distance: str = "pseudo_huber"  # pseudo_huber | l2, for the methods that regress images
+    t_sampling: str = "uniform"  # uniform | logit_normal (reflow, slimflow stage 1, guidance)
+    # slimflow
+    anneal_steps: int = 1000  # K of beta(k); beta reaches 0 at step K (linear)
+    anneal_schedule: str = "linear"  # linear | exponential | cosine
+    stage2_steps: int = 1000  # flow-guided distillation steps
+    tau_min: float = 0.2
+    tau_max: float = 0.8
+    # guidance
+    w_min: float = 1.0  # guidance scales the student learns, w ~ U[w_min, w_max]
+    w_max: float = 6.0
+    guidance_dim: int = 64  # width of the sinusoidal w embedding (time_cond_proj_dim)
+    # consistency
+    grid: int = 50  # N teacher steps over [0, 1]
+    skip: int = 5  # k grid steps per teacher ODE step
+    target_decay: float = 0.95  # EMA decay of the target network (LCM)
+    teacher_solver: str = "euler"  # euler | heun for the teacher's ODE step
+    # progressive
+    start_steps: int = 32  # the first round's teacher steps; rounds halve down to student_steps
+    # dmd
+    reg_weight: float = 0.25  # regression loss weight (0 = DMD2)
+    fake_updates: int = 1  # fake-score updates per generator update (DMD2: 5)
+    fake_lr: float = 1e-4
+    adv_weight: float = 0.0  # adversarial term weight (0 = off)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.init not in (*INITS, "auto"):
+            raise ValueError(f"init must be one of {', '.join(INITS)} or auto; got {self.init!r}")
+        if self.student_steps < 1:
+            raise ValueError(f"student_steps must be >= 1; got {self.student_steps}")
+        if self.method == "progressive":
+            n = self.start_steps
+            while n > self.student_steps:
+                n //= 2
+            if n != self.student_steps or self.start_steps <= self.student_steps:
+                raise ValueError(
+                    f"progressive halves start_steps ({self.start_steps}) down to student_steps "
+                    f"({self.student_steps}): use powers of two, e.g. 32 -> 2"
+                )
+
+    def loop(self, **changes) -> LoopConfig:
+        names = {f.name for f in fields(LoopConfig)}
+        return LoopConfig(**{**{k: v for k, v in to_dict(self).items() if k in names}, **changes})
+
+
+def _auto_init(cfg: DistillConfig, same_arch: bool) -> str:
+    if cfg.init != "auto":
+        return cfg.init
+    if cfg.method == "slimflow":
+        return "scratch"  # SlimFlow trains its small student from scratch in stage 1
+    return "teacher" if same_arch else "sliced"
+
+
+class Distiller:
+    """Shared set-up of every method: teacher, text encoder, student architecture, data, specs, samples."""
+
+    def __init__(self, cfg: DistillConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.teacher_path = resolve_checkpoint(cfg.teacher)
+        self.teacher, self.teacher_spec = load_model(self.teacher_path)
+        self.encoder = load_text_encoder(self.teacher_spec["text_encoder"])
+        self.null = self.encoder.null(1)
+        gdim = cfg.guidance_dim if cfg.method == "guidance" else None
+        self.unet = student_unet_config(cfg.student, self.teacher_spec["unet"], gdim)
+        self.same_arch = {k: v for k, v in self.unet.items() if k != "time_cond_proj_dim"} == self.teacher_spec["unet"]
+        self.init = _auto_init(cfg, self.same_arch)
+        self.name = cfg.name or f"{self.teacher_spec.get('name', 'teacher')}-{cfg.method}-{cfg.student}"
+        self._pairs: PairCache | None = None
+        self._data: EncodedDataset | None = None
+
+    # ---- inputs ------------------------------------------------------------------------------
+    @property
+    def pairs(self) -> PairCache:
+        if self._pairs is None:
+            self._pairs = PairCache.open(self.cfg.pairs)
+            key = self._pairs.key
+            if key["teacher_sha256"] != sha256_file(self.teacher_path) and self.cfg.method != "instaflow":
+                raise CheckpointError(
+                    f"pairs in {self.cfg.pairs} were made by another teacher than {self.cfg.teacher}; "
+                    "build pairs with this teacher (instaflow alone may use a reflowed teacher's pairs)"
+                )
+            if self._pairs.meta["text_encoder"] != self.teacher_spec["text_encoder"]:
+                raise CheckpointError(f"pairs in {self.cfg.pairs} use another text encoder than the teacher")
+        return self._pairs
+
+    @property
+    def data(self) -> EncodedDataset:
+        if self._data is None:
+            img = self.teacher_spec["image"]
+            ds = make_dataset(self.cfg.dataset, img["height"], self.cfg.data_seed, self.cfg.dataset_size,
+                              self.cfg.data_path)  # fmt: skip
+            self._data = EncodedDataset.build(ds, self.encoder, cache=self.out / "data_cache.safetensors")
+        return self._data
+
+    def pair_batch(self, step: int):
+        return self.pairs.batch(step, self.cfg.batch_size, self.cfg.seed)
+
+    def data_batch(self, step: int):
+        return self.data.batch(step, self.cfg.batch_size, self.cfg.seed)
+
+    # ---- students ----------------------------------------------------------------------------
+    def new_student(self, init: str | None = None, source: torch.nn.Module | None = None) -> tuple:
+        torch.manual_seed(self.cfg.seed)
+        student = build_student(self.unet)
+        report = init_student(student, source if source is not None else self.teacher, init or self.init)
+        return student, report
+
+    def spec(self, step: int, rule: str, times: list[float], guidance: dict, extra: dict) -> dict:
+        img = self.teacher_spec["image"]
+        sampler = {"rule": rule, "timesteps": times, "default_steps": len(times) - (rule == "euler"),
+                   "guidance": guidance, **extra.pop("sampler", {})}  # fmt: skip
+        return {
+            "kind": "unet-flow",
+            "name": self.name,
+            "role": "student",
+            "preset": self.cfg.student,
+            "unet": self.unet,
+            "text_encoder": self.teacher_spec["text_encoder"],
+            "image": img,
+            "sampler": sampler,
+            "training": {
+                "method": self.cfg.method,
+                "step": step,
+                "teacher": self.teacher_spec.get("name"),
+                "teacher_sha256": sha256_file(self.teacher_path),
+                "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
+                "pairs": self._pairs.key if self._pairs is not None else None,
+                "config": to_dict(self.cfg),
+                **extra,
+            },
+            "created_by": {"fewstep": __version__, "command": f"fewstep distill {self.cfg.method}"},
+        }
+
+    def sampler_fn(self, spec_fn):
+        """Sample grids of the EMA student with its own sampler rule (a function of the step's spec)."""
+        cond = self.encoder.encode(SAMPLE_PROMPTS)
+        seeds = list(range(6))
+
+        def sample(ema: torch.nn.Module, step: int, where: Path) -> None:
+            spec = spec_fn(step)
+            dev = next(ema.parameters()).device
+            pipe = TorchPipeline(ema.to("cpu"), spec, self.encoder)
+            times, w = sampling_times(spec, None), resolve_guidance(spec, None)
+            rows = [pipe.sample(cond.index(slice(i, i + 1)).repeat(len(seeds)), seeds, times, w)
+                    for i in range(len(SAMPLE_PROMPTS))]  # fmt: skip
+            ema.to(dev)
+            images = to_uint8(torch.cat(rows).numpy())
+            save_png(captioned_grid(images, SAMPLE_PROMPTS, nrow=len(seeds)), where / f"step_{step:07d}.png")
+
+        return sample
+
+    def run_loop(self, model, loss, batch_fn, loop: LoopConfig, out: Path, spec_fn, resume: bool, progress: bool):
+        """Train one stage into `out` (a finished stage is loaded, not retrained, on --resume)."""
+        check_resumable(out, loop, to_dict(self.cfg), resume)
+        out.mkdir(parents=True, exist_ok=True)
+
+        def save(where: Path, ema: torch.nn.Module, step: int) -> None:
+            save_model(where / "model.safetensors", ema, spec_fn(step))
+
+        TrainingLoop(model, loss, batch_fn, loop, out, save, self.sampler_fn(spec_fn), run_config=to_dict(self.cfg)
+                     ).run(resume=resume, progress=progress)  # fmt: skip
+        if ddp.is_main():
+            plot_training_curve(out)
+        ddp.barrier()
+        return load_model(out / "model.safetensors")[0]
+
+
+def _none(scale: float) -> dict:
+    return {"mode": "none", "baked_scale": scale}
+
+
+def _euler_times(k: int) -> list[float]:
+    return [round(1 - i / k, 6) for i in range(k + 1)]
+
+
+def distill(cfg: DistillConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Run one method into `out`; returns `out/model.safetensors` (the final EMA student)."""
+    out = Path(out)
+    if cfg.method in PAIR_METHODS and not cfg.pairs and not (cfg.method == "dmd" and cfg.reg_weight == 0):
+        raise ValueError(f"{cfg.method} learns from trajectory pairs: pass --pairs DIR (made by `fewstep pairs`)")
+    ddp.init_from_env(cfg.device)
+    stages = {"slimflow": ["stage1", "stage2"]}.get(cfg.method)
+    if stages is None and cfg.method != "progressive":
+        check_resumable(out, cfg.loop(), to_dict(cfg), resume)  # before any expensive set-up
+    elif not resume and (out / "config.yaml").exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    d = Distiller(cfg, out)
+    if ddp.is_main():
+        head = f"# fewstep {__version__} distill {cfg.method}, resolved config\n"
+        atomic_write_text(out / "config.yaml", head + to_yaml(cfg))
+    final = _RUNNERS[cfg.method](d, cfg, out, resume, progress)
+    if ddp.is_main() and final != out / "model.safetensors":
+        shutil.copyfile(final, out / "model.safetensors")
+    ddp.barrier()
+    return out / "model.safetensors"
+
+
+def _pairs_scale(d: Distiller) -> float:
+    return float(d.pairs.key["guidance"])
+
+
+def _run_reflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = d.new_student()
+    times = _euler_times(cfg.student_steps)
+
+    def spec(step):
+        return d.spec(step, "euler", times, _none(_pairs_scale(d)), {"init": report, "train_times": "continuous"})
+
+    d.run_loop(student, ReflowLoss(cfg.t_sampling), d.pair_batch, cfg.loop(), out, spec, resume, progress)
+    return out / "model.safetensors"
+
+
+def _run_instaflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = d.new_student()
+    times = _euler_times(cfg.student_steps)
+
+    def spec(step):
+        return d.spec(step, "euler", times, _none(_pairs_scale(d)), {"init": report, "train_times": times[:-1]})
+
+    loss = InstaFlowLoss(cfg.student_steps, cfg.distance)
+    d.run_loop(student, loss, d.pair_batch, cfg.loop(), out, spec, resume, progress)
+    return out / "model.safetensors"
+
+
+def _run_slimflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = d.new_student()
+    scale = _pairs_scale(d)
+    one = _euler_times(1)
+
+    def spec1(step):
+        extra = {"init": report, "stage": 1, "anneal_steps": cfg.anneal_steps, "train_times": "continuous"}
+        return d.spec(step, "euler", _euler_times(max(cfg.student_steps, 1)), _none(scale), extra)
+
+    s1 = out / "stage1"
+    loss1 = AnnealingReflowLoss(cfg.anneal_steps, cfg.anneal_schedule, cfg.t_sampling)
+    guide = d.run_loop(student, loss1, d.pair_batch, cfg.loop(), s1, spec1, resume, progress)
+    student2 = build_student(d.unet)
+    student2.load_state_dict(guide.state_dict())
+
+    def spec2(step):
+        return d.spec(step, "euler", one, _none(scale), {"init": "slimflow stage 1", "stage": 2, "train_times": [1.0]})
+
+    loss2 = FlowGuidedLoss(guide, cfg.distance, (cfg.tau_min, cfg.tau_max))
+    s2 = out / "stage2"
+    d.run_loop(student2, loss2, d.pair_batch, cfg.loop(steps=cfg.stage2_steps), s2, spec2, resume, progress)
+    return s2 / "model.safetensors"
+
+
+def _run_guidance(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = d.new_student()
+    # guidance distillation alone keeps the teacher's step count unless asked for fewer (then combine methods)
+    k = cfg.student_steps if cfg.student_steps > 1 else int(d.teacher_spec["sampler"].get("default_steps", 50))
+    times = _euler_times(k)
+    default = float(d.teacher_spec["sampler"]["guidance"].get("default_scale", 3.0))
+    mode = {"mode": "embedded", "range": [cfg.w_min, cfg.w_max],
+            "default_scale": min(max(default, cfg.w_min), cfg.w_max)}  # fmt: skip
+
+    def spec(step):
+        return d.spec(step, "euler", times, mode, {"init": report, "train_times": "continuous"})
+
+    loss = GuidanceDistillLoss(d.teacher, d.null, cfg.w_min, cfg.w_max, cfg.t_sampling)
+    d.run_loop(student, loss, d.data_batch, cfg.loop(), out, spec, resume, progress)
+    return out / "model.safetensors"
+
+
+def _run_consistency(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = d.new_student()
+    times = consistency_timesteps(cfg.student_steps, cfg.grid)
+
+    def spec(step):
+        return d.spec(step, "consistency", times, _none(cfg.guidance),
+                      {"init": report, "train_times": f"grid {cfg.grid}", "sampler": {"grid": cfg.grid}})  # fmt: skip
+
+    loss = ConsistencyLoss(d.teacher, d.null, cfg.guidance, cfg.grid, cfg.skip, cfg.target_decay, cfg.teacher_solver,
+                           cfg.distance)  # fmt: skip
+    loss.init_target(student)
+    d.run_loop(student, loss, d.data_batch, cfg.loop(), out, spec, resume, progress)
+    return out / "model.safetensors"
+
+
+def _run_progressive(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
+    teacher, guidance, null = d.teacher, cfg.guidance, d.null
+    n, r = cfg.start_steps, 1
+    source, init = d.teacher, d.init
+    while n > cfg.student_steps:
+        half = n // 2
+        where = out / f"round{r}_{n}to{half}"
+        student, report = d.new_student(init, source)
+        times = _euler_times(half)
+
+        def spec(step, times=times, report=report, n=n, r=r):
+            return d.spec(step, "euler", times, _none(cfg.guidance),
+                          {"init": report, "round": r, "teacher_steps": n, "train_times": times[:-1]})  # fmt: skip
+
+        loss = ProgressiveLoss(teacher, null, n, guidance)
+        last = d.run_loop(student, loss, d.data_batch, cfg.loop(), where, spec, resume, progress)
+        # the student is the next teacher; guidance is baked in after the first round
+        teacher, guidance, null, source, init = last, 1.0, None, last, "teacher"
+        n, r = half, r + 1
+    return where / "model.safetensors"
+
+
+def _run_dmd(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = d.new_student()
+    one = _euler_times(1)
+    if cfg.pairs:
+        batch_fn = d.pair_batch
+    else:  # DMD2 without regression: conditions come from the dataset, the pair slots stay empty
+
+        def batch_fn(step):
+            x0, cond = d.data_batch(step)
+            return torch.randn(x0.shape, generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)), x0, cond
+
+    def spec(step):
+        return d.spec(step, "euler", one, _none(cfg.guidance), {"init": report, "train_times": [1.0]})
+
+    loss = DMDLoss(d.teacher, d.null, cfg.guidance, cfg.reg_weight, cfg.fake_updates, cfg.fake_lr, cfg.adv_weight,
+                   cfg.distance)  # fmt: skip
+    d.run_loop(student, loss, batch_fn, cfg.loop(), out, spec, resume, progress)
+    return out / "model.safetensors"
+
+
+_RUNNERS = {
+    "reflow": _run_reflow,
+    "slimflow": _run_slimflow,
+    "instaflow": _run_instaflow,
+    "guidance": _run_guidance,
+    "consistency": _run_consistency,
+    "progressive": _run_progressive,
+    "dmd": _run_dmd,
+}
+
+__all__ = ["METHODS", "DistillConfig", "distill"]

@@ -1,0 +1,89 @@
+"""Consistency distillation (Song et al. 2023; LCM, Luo et al. 2023; METHODS.md 'Consistency distillation').
+
+f(x_t, t) = x_t - t v(x_t, t) satisfies f(x, 0) = x by construction. On a grid of N teacher steps with skip
+k: x_{t_{n+k}} = (1 - t) x0 + t eps, one CFG teacher ODE step (Euler or Heun) to t_n gives x_hat_{t_n}, and
+L = d(f_theta(x_{t_{n+k}}), stopgrad f_target(x_hat_{t_n})) with the target an EMA of the student (LCM: 0.95).
+Sampling is multistep: x0 = f(x, t_i), re-noise to t_{i+1} with fresh noise, repeat.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from ...models.contract import Cond
+from ..distributed import StepRandom
+from ..flow_matching import bcast
+from .common import FrozenCopy, cfg_velocity, interpolate, x0_prediction
+from .distance import get_distance
+
+
+def consistency_timesteps(steps: int, grid: int) -> list[float]:
+    """`steps` sampling times from 1 down, evenly spaced and snapped to the training grid n / grid."""
+    return [round(grid * (1 - i / steps)) / grid for i in range(steps)]
+
+
+@dataclass
+class ConsistencyLoss:
+    teacher: torch.nn.Module
+    null_cond: Cond
+    guidance: float = 3.0  # teacher CFG scale, baked into the student
+    grid: int = 50  # N teacher steps over [0, 1]
+    skip: int = 5  # k grid steps per teacher ODE step
+    target_decay: float = 0.95  # EMA of the target network
+    solver: str = "euler"  # teacher ODE step: euler | heun
+    distance: str = "pseudo_huber"
+    target: torch.nn.Module | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.skip < self.grid:
+            raise ValueError(f"need 1 <= skip < grid; got skip {self.skip}, grid {self.grid}")
+        if self.solver not in ("euler", "heun"):
+            raise ValueError(f"solver must be euler or heun; got {self.solver!r}")
+        self._teacher = FrozenCopy(self.teacher)
+        self.d = get_distance(self.distance)
+
+    def init_target(self, student: torch.nn.Module) -> None:
+        self.target = copy.deepcopy(student).eval().requires_grad_(False)
+
+    def to(self, device) -> None:
+        self._teacher.to(device)
+        if self.target is not None:
+            self.target.to(device)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"target.{k}": v for k, v in self.target.state_dict().items()}
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        self.target.load_state_dict({k[len("target.") :]: v for k, v in state.items() if k.startswith("target.")})
+
+    @torch.no_grad()
+    def after_step(self, model: torch.nn.Module) -> None:
+        for p_t, p in zip(self.target.parameters(), model.parameters(), strict=True):
+            p_t.lerp_(p, 1 - self.target_decay)
+
+    @torch.no_grad()
+    def _teacher_step(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: Cond) -> torch.Tensor:
+        v = cfg_velocity(self._teacher, x, t, cond, self.guidance, self.null_cond)
+        x_s = x + bcast(s - t, x) * v
+        if self.solver == "heun":
+            v2 = cfg_velocity(self._teacher, x_s, s, cond, self.guidance, self.null_cond)
+            x_s = x + bcast(s - t, x) * 0.5 * (v + v2)
+        return x_s
+
+    def __call__(self, model, batch, rng: StepRandom):
+        if self.target is None:
+            raise RuntimeError("ConsistencyLoss.init_target(student) must be called before training")
+        x0, cond = batch
+        b = x0.shape[0]
+        eps = rng.randn(*x0.shape).to(x0.device)
+        n = rng.randint(0, self.grid - self.skip + 1, b).to(x0.device)
+        t_n, t_nk = n.float() / self.grid, (n + self.skip).float() / self.grid
+        x_nk = interpolate(x0, eps, t_nk)
+        x_n = self._teacher_step(x_nk, t_nk, t_n, cond)
+        with torch.no_grad():
+            target = x0_prediction(self.target, x_n, t_n, cond)  # f(x, 0) = x where t_n = 0
+        loss = self.d(x0_prediction(model, x_nk, t_nk, cond), target)
+        return loss, {"loss": loss.item()}

@@ -1,0 +1,174 @@
+"""Distribution Matching Distillation (Yin et al. 2024, seed 002; DMD2 options; METHODS.md 'DMD').
+
+Generator G(z) = z - v_G(z, 1) (the student). The real score is the frozen teacher with CFG `w_real`; the
+fake score starts as a copy of the teacher and follows the generator's distribution by flow matching on
+detached generator samples (`fake_updates` per generator step: DMD uses 1, DMD2's two-time-scale rule 5).
+For x = G(z): t ~ U[0.02, 0.98], x_t = (1 - t) x + t eps, grad = (x0_fake - x0_real) / mean|x - x0_real|,
+L_dm = 0.5 ||x - stopgrad(x - grad)||^2, plus the regression loss d(G(z_pair), y_pair) with weight 0.25
+(reg_weight 0 = DMD2), plus optionally the adversarial term of a small discriminator head on the fake
+score's middle features (generator softplus(-D), discriminator softplus(D(fake)) + softplus(-D(real)); the
+"real" images are the teacher's pair images).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...models.contract import Cond
+from .. import distributed as ddp
+from ..distributed import StepRandom
+from ..flow_matching import bcast
+from .common import FrozenCopy, cfg_velocity, interpolate
+from .distance import get_distance
+
+
+class MidFeatureHead(nn.Module):
+    """Discriminator head: conv + pooled linear on the fake score's mid-block features (captured by a hook)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(channels, 1),
+        )  # fmt: skip
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(1)
+
+
+def _mid_block(model: nn.Module) -> nn.Module | None:
+    unet = getattr(model, "unet", None)
+    return getattr(unet, "mid_block", None) if unet is not None else getattr(model, "mid_block", None)
+
+
+@dataclass
+class DMDLoss:
+    teacher: nn.Module  # real score, frozen
+    null_cond: Cond
+    w_real: float = 3.0
+    reg_weight: float = 0.25  # 0 = DMD2 (no regression loss, no pairs needed for it)
+    fake_updates: int = 1  # DMD2: 5
+    fake_lr: float = 1e-4
+    adv_weight: float = 0.0  # > 0 adds the adversarial term (DMD2 / ADD)
+    distance: str = "pseudo_huber"
+    t_range: tuple[float, float] = (0.02, 0.98)
+    fake: nn.Module | None = field(default=None, repr=False)
+    head: nn.Module | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fake_updates < 1:
+            raise ValueError(f"fake_updates must be >= 1; got {self.fake_updates}")
+        self._real = FrozenCopy(self.teacher)
+        self.fake = self.fake if self.fake is not None else copy.deepcopy(self.teacher)
+        self.fake.train().requires_grad_(True)
+        params = list(self.fake.parameters())
+        self._features: list[torch.Tensor] = []
+        if self.adv_weight > 0:
+            mid = _mid_block(self.fake)
+            if mid is None:
+                raise ValueError("the adversarial term needs a fake score with a UNet mid block")
+            channels = self.fake.unet.config.block_out_channels[-1]
+            self.head = self.head if self.head is not None else MidFeatureHead(channels)
+            mid.register_forward_hook(lambda _m, _i, out: self._features.append(out))
+            params += list(self.head.parameters())
+        self.fake_params = params
+        self.fake_opt = torch.optim.AdamW(
+            params, lr=self.fake_lr, betas=(0.0, 0.99) if self.adv_weight else (0.9, 0.999)
+        )
+        self.d = get_distance(self.distance)
+
+    def to(self, device) -> None:
+        self._real.to(device)
+        self.fake.to(device)
+        if self.head is not None:
+            self.head.to(device)
+
+    # ---- exact resume of the fake score, its head and optimizer ------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"fake.{k}": v for k, v in self.fake.state_dict().items()}
+        if self.head is not None:
+            out.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        for i, s in self.fake_opt.state_dict()["state"].items():
+            out.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
+        return out
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        pick = lambda p: {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}  # noqa: E731
+        self.fake.load_state_dict(pick("fake."))
+        if self.head is not None:
+            self.head.load_state_dict(pick("head."))
+        opt: dict[int, dict] = {}
+        for k, v in pick("opt.").items():
+            i, name = k.split(".", 1)
+            opt.setdefault(int(i), {})[name] = v
+        self.fake_opt.load_state_dict({"state": opt, "param_groups": self.fake_opt.state_dict()["param_groups"]})
+
+    # ---- pieces ------------------------------------------------------------------------------
+    def _t(self, b: int, rng: StepRandom, device) -> torch.Tensor:
+        lo, hi = self.t_range
+        return (lo + (hi - lo) * rng.rand(b)).to(device)
+
+    def _disc(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        self._features.clear()
+        self.fake(x_t, t, cond)
+        return self.head(self._features[-1])
+
+    def _update_fake(self, x: torch.Tensor, real: torch.Tensor, cond: Cond, rng: StepRandom) -> dict[str, float]:
+        b = x.shape[0]
+        logs = {}
+        for _ in range(self.fake_updates):
+            t, eps = self._t(b, rng, x.device), rng.randn(*x.shape).to(x.device)
+            loss = (self.fake(interpolate(x, eps, t), t, cond) - (eps - x)).pow(2).mean()
+            logs["fake_loss"] = loss.item()
+            if self.adv_weight > 0:
+                t2, eps2 = self._t(b, rng, x.device), rng.randn(*x.shape).to(x.device)
+                d_fake = self._disc(interpolate(x, eps2, t2), t2, cond)
+                d_real = self._disc(interpolate(real, eps2, t2), t2, cond)
+                l_d = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+                loss = loss + self.adv_weight * l_d
+                logs["disc_loss"] = l_d.item()
+            self.fake_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            ddp.all_reduce_grads(self.fake_params)
+            torch.nn.utils.clip_grad_norm_(self.fake_params, 1.0)
+            self.fake_opt.step()
+        return logs
+
+    def __call__(self, model, batch, rng: StepRandom):
+        z_pair, y_pair, cond = batch
+        b = z_pair.shape[0]
+        ones = torch.ones(b, device=z_pair.device)
+        z = rng.randn(*z_pair.shape).to(z_pair.device)
+        x = z - model(z, ones, cond)
+        logs = self._update_fake(x.detach(), y_pair, cond, rng)
+        # distribution matching gradient, both scores at the same noisy point
+        t, eps = self._t(b, rng, x.device), rng.randn(*x.shape).to(x.device)
+        with torch.no_grad():
+            x_t = interpolate(x.detach(), eps, t)
+            x0_real = x_t - bcast(t, x_t) * cfg_velocity(self._real, x_t, t, cond, self.w_real, self.null_cond)
+            self.fake.eval()
+            x0_fake = x_t - bcast(t, x_t) * self.fake(x_t, t, cond)
+            self.fake.train()
+            norm = (x.detach() - x0_real).abs().flatten(1).mean(1).clamp_min(1e-8)
+            grad = (x0_fake - x0_real) / bcast(norm, x)
+        l_dm = 0.5 * F.mse_loss(x, (x - grad).detach())
+        loss = l_dm
+        logs["dm_loss"] = l_dm.item()
+        if self.reg_weight > 0:
+            l_reg = self.d(z_pair - model(z_pair, ones, cond), y_pair)
+            loss = loss + self.reg_weight * l_reg
+            logs["reg_loss"] = l_reg.item()
+        if self.adv_weight > 0:
+            t2, eps2 = self._t(b, rng, x.device), rng.randn(*x.shape).to(x.device)
+            self.fake.requires_grad_(False)
+            l_g = F.softplus(-self._disc(interpolate(x, eps2, t2), t2, cond)).mean()
+            self.fake.requires_grad_(True)
+            loss = loss + self.adv_weight * l_g
+            logs["gen_adv_loss"] = l_g.item()
+        logs["loss"] = loss.item()
+        return loss, logs

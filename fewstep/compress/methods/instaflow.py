@@ -1,0 +1,35 @@
+"""InstaFlow-style one-step / k-step distillation (Liu et al. 2024; METHODS.md 'InstaFlow').
+
+On pairs (eps, x0_hat) of a (reflowed) teacher: t from the k-point grid {1, (k-1)/k, ..., 1/k},
+x_t = (1 - t) x0_hat + t eps on the straight path, and the student's x0 prediction x_t - t v_s(x_t, t) is
+regressed onto the teacher's ODE endpoint x0_hat with d. k = 1 is exactly d(eps - v_s(eps, 1), x0_hat).
+With these targets k Euler steps of the student walk the pair's straight line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..distributed import StepRandom
+from .common import interpolate, x0_prediction
+from .distance import get_distance
+
+
+@dataclass
+class InstaFlowLoss:
+    k: int = 1
+    distance: str = "pseudo_huber"
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k (student steps) must be >= 1; got {self.k}")
+        self.d = get_distance(self.distance)
+
+    def __call__(self, model, batch, rng: StepRandom):
+        eps, x0, cond = batch
+        grid = torch.arange(self.k, 0, -1, dtype=torch.float32) / self.k  # 1, ..., 1/k
+        t = grid[rng.randint(0, self.k, eps.shape[0])].to(eps.device)
+        loss = self.d(x0_prediction(model, interpolate(x0, eps, t), t, cond), x0)
+        return loss, {"loss": loss.item()}

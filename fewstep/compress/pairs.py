@@ -1,0 +1,189 @@
+"""Trajectory-pair cache (METHODS.md 'Trajectory pairs'): teacher ODE solutions `(noise, cond) -> x0_hat`.
+
+A cache is a directory: `manifest.json` (the key: teacher checkpoint sha256, dataset, CFG scale, solver, steps,
+seed, shard size), `captions.safetensors` (the text embeddings of every distinct caption) and
+`shard_NNNNN.safetensors` files of `shard_size` pairs (noise, x0, caption index). Shards are written atomically
+and skipped when present, so a killed run resumes; under `torchrun` rank r writes the shards s with
+s % world_size == r. Every method that needs pairs (reflow, SlimFlow, InstaFlow, DMD's regression) reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import to_dict
+from ..fsio import atomic_write_text
+from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
+from ..models.contract import Cond
+from ..models.datasets import make_dataset
+from ..models.loading import load_model, resolve_checkpoint
+from ..models.samplers import get_sampler, seeded_noise, uniform_timesteps
+from ..models.text_encoders import load_text_encoder
+
+PAIRS_FORMAT = "fewstep-pairs/1"
+MANIFEST = "manifest.json"
+CAPTIONS = "captions.safetensors"
+NOISE_SEED_BASE = 10**12  # pair noise seeds never meet evaluation or sample-grid seeds
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    teacher: str = "shapes32-teacher"  # checkpoint path or shipped name
+    dataset: str = "shapes"  # where the captions come from: shapes | digits | imagefolder
+    data_path: str | None = None  # imagefolder only
+    data_seed: int = 0  # shapes: which captions (the teacher's training captions by default)
+    n: int = 8192  # number of pairs
+    guidance: float = 3.0  # CFG scale of the teacher's ODE (part of the key)
+    solver: str = "heun"  # heun | euler
+    steps: int = 16  # solver steps (Heun: 2 evaluations per step but the last)
+    shard_size: int = 256
+    seed: int = 0  # noise seeds: NOISE_SEED_BASE * (seed + 1) + pair index
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.shard_size < 1 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError("n, shard_size, steps and batch_size must all be >= 1")
+        if not 0 <= self.guidance <= 30:
+            raise ValueError(f"guidance must be in [0, 30]; got {self.guidance}")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def cache_key(cfg: PairsConfig, teacher_sha: str, dataset_fingerprint: str) -> dict:
+    key = {k: v for k, v in to_dict(cfg).items() if k not in ("batch_size", "teacher")}
+    return {"format": PAIRS_FORMAT, "teacher_sha256": teacher_sha, "dataset_fingerprint": dataset_fingerprint, **key}
+
+
+def _shard_path(root: Path, s: int) -> Path:
+    return root / f"shard_{s:05d}.safetensors"
+
+
+def build_pairs(
+    cfg: PairsConfig, out: str | Path, rank: int | None = None, world: int | None = None, progress: bool = True
+) -> Path:
+    """Generate (or finish) the pair cache in `out`; returns `out`. Refuses a directory holding another key."""
+    out = Path(out)
+    env_rank, env_world = dist_rank_world()
+    rank, world = env_rank if rank is None else rank, env_world if world is None else world
+    teacher_path = resolve_checkpoint(cfg.teacher)
+    model, spec = load_model(teacher_path)
+    encoder = load_text_encoder(spec["text_encoder"])
+    img = spec["image"]
+    shape = (img["channels"], img["height"], img["width"])
+    dataset = make_dataset(cfg.dataset, img["height"], cfg.data_seed, cfg.n, cfg.data_path)
+    key = cache_key(cfg, sha256_file(teacher_path), dataset.fingerprint())
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        saved = json.loads(manifest_path.read_text())["key"]
+        if saved != key:
+            diff = {k: (saved.get(k), v) for k, v in key.items() if saved.get(k) != v}
+            raise CheckpointError(
+                f"{out} holds pairs made with other settings {diff} (saved, now); use another --out or delete it"
+            )
+    captions = [dataset.caption(i % len(dataset)) for i in range(cfg.n)]
+    distinct = list(dict.fromkeys(captions))
+    where = {c: j for j, c in enumerate(distinct)}
+    caption_index = torch.tensor([where[c] for c in captions], dtype=torch.int64)
+    n_shards = -(-cfg.n // cfg.shard_size)
+    if rank == 0:
+        if not (out / CAPTIONS).is_file():
+            conds = [encoder.encode(distinct[i : i + 256]) for i in range(0, len(distinct), 256)]
+            text = torch.cat([c.text for c in conds]).half()
+            mask = torch.cat([c.text_mask for c in conds]).to(torch.uint8)
+            save_tensors(out / CAPTIONS, {"text": text, "mask": mask}, {"captions": distinct})
+        manifest = {"key": key, "n_shards": n_shards, "teacher_spec": {k: spec[k] for k in ("name", "image")},
+                    "text_encoder": spec["text_encoder"]}  # fmt: skip
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    mine = [s for s in range(n_shards) if s % world == rank and not _shard_path(out, s).is_file()]
+    null = encoder.null(1)
+    solve = get_sampler(cfg.solver)
+    timesteps = uniform_timesteps(cfg.steps)
+    bar = tqdm(total=sum(min(cfg.shard_size, cfg.n - s * cfg.shard_size) for s in mine), desc=f"pairs[rank {rank}]",
+               disable=not progress, mininterval=2, smoothing=0.05)  # fmt: skip
+    for s in mine:
+        lo, hi = s * cfg.shard_size, min(cfg.n, (s + 1) * cfg.shard_size)
+        noise_all, x0_all = [], []
+        for b in range(lo, hi, cfg.batch_size):
+            idx = list(range(b, min(hi, b + cfg.batch_size)))
+            noise = seeded_noise([NOISE_SEED_BASE * (cfg.seed + 1) + i for i in idx], shape)
+            cond = encoder.encode([captions[i] for i in idx])
+            with torch.no_grad():
+                x0 = solve(model, noise, timesteps, cond, cfg.guidance, null.repeat(len(idx)))
+            noise_all.append(noise)
+            x0_all.append(x0)
+            bar.update(len(idx))
+        tensors = {"noise": torch.cat(noise_all), "x0": torch.cat(x0_all), "caption_index": caption_index[lo:hi]}
+        save_tensors(_shard_path(out, s), tensors, {"key": key, "shard": s, "range": [lo, hi]})
+    bar.close()
+    return out
+
+
+class PairCache:
+    """All pairs of a complete cache in memory; `batch(step, B, seed)` is deterministic in (seed, step)."""
+
+    def __init__(self, noise: torch.Tensor, x0: torch.Tensor, caption_index: torch.Tensor, text, mask, meta: dict):
+        self.noise, self.x0, self.caption_index, self.text, self.mask, self.meta = (
+            noise, x0, caption_index, text, mask, meta,
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.noise)
+
+    @property
+    def key(self) -> dict:
+        return self.meta["key"]
+
+    @classmethod
+    def open(cls, root: str | Path) -> PairCache:
+        root = Path(root)
+        if not (root / MANIFEST).is_file():
+            raise CheckpointError(
+                f"{root} is not a pair cache (no {MANIFEST}); build one with `fewstep pairs --out {root}`"
+            )
+        meta = json.loads((root / MANIFEST).read_text())
+        if meta.get("key", {}).get("format") != PAIRS_FORMAT:
+            raise CheckpointError(f"{root}/{MANIFEST} is not a {PAIRS_FORMAT} manifest")
+        missing = [s for s in range(meta["n_shards"]) if not _shard_path(root, s).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"pair cache {root} is incomplete: {len(missing)} of {meta['n_shards']} shards missing "
+                f"(first: {missing[0]}); finish it with `fewstep pairs --out {root}` and the same settings"
+            )
+        parts = []
+        for s in range(meta["n_shards"]):
+            tensors, smeta = load_tensors(_shard_path(root, s))
+            if smeta.get("key") != meta["key"]:
+                raise CheckpointError(f"{_shard_path(root, s)} belongs to another pair cache (key differs)")
+            parts.append(tensors)
+        caps, _ = load_tensors(root / CAPTIONS)
+        cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
+        return cls(cat("noise"), cat("x0"), cat("caption_index"), caps["text"], caps["mask"], meta)
+
+    def cond(self, idx: torch.Tensor) -> Cond:
+        ci = self.caption_index[idx]
+        return Cond(self.text[ci].float(), self.mask[ci].float())
+
+    def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, Cond]:
+        """(noise, x0_hat, Cond) for training step `step`."""
+        idx = torch.from_numpy(np.random.default_rng([seed, step, 11]).integers(0, len(self), size=batch_size))
+        return self.noise[idx], self.x0[idx], self.cond(idx)

@@ -1,0 +1,150 @@
+"""Every method end to end on a tiny teacher: checkpoint round-trip, exact resume, own schedule, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewstep.compress.distill import METHODS, DistillConfig, distill
+from fewstep.compress.pairs import PairCache, PairsConfig, build_pairs
+from fewstep.compress.students import init_student, slice_state
+from fewstep.models.checkpoint import CheckpointError
+from fewstep.models.loading import load_model
+from fewstep.models.pipeline import TorchPipeline
+from fewstep.models.unet_flow import build_unet_flow
+from tests.distill_fixtures import TINY_STUDENT, TINY_TEACHER, make_tiny_teacher
+
+EXTRA = {
+    "progressive": {"start_steps": 4, "student_steps": 1},
+    "dmd": {"fake_updates": 2, "adv_weight": 0.1},
+    "consistency": {"student_steps": 2, "grid": 10, "skip": 2},
+    "instaflow": {"student_steps": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_teacher(tmp_path_factory.mktemp("tiny"))
+
+
+def _cfg(tiny, method: str, steps: int = 4, **kw) -> DistillConfig:
+    teacher, student, pairs = tiny
+    base = dict(method=method, teacher=str(teacher), student=str(student), pairs=str(pairs), dataset_size=24,
+                steps=steps, stage2_steps=steps, anneal_steps=2, batch_size=4, checkpoint_every=2, sample_every=0,
+                warmup_steps=1, ema_decay=0.5)  # fmt: skip
+    return DistillConfig(**{**base, **EXTRA.get(method, {}), **kw})
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_model(path)[0].state_dict()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_round_trips_resumes_exactly_and_generates(tiny, tmp_path, method):
+    full = distill(_cfg(tiny, method), tmp_path / "full", progress=False)
+    model, spec = load_model(full)
+    assert spec["training"]["method"] == method and spec["role"] == "student"
+    assert spec["params"] == sum(p.numel() for p in model.parameters()) < 0.5 * spec["training"]["teacher_params"]
+    for key in ("rule", "timesteps", "guidance"):
+        assert key in spec["sampler"]
+    images = TorchPipeline.from_checkpoint(full).generate(["a red circle"], [0])
+    assert images.shape == (1, 16, 16, 3)
+    # the same run, killed half-way and resumed, ends with the same weights
+    distill(_cfg(tiny, method, steps=2, stage2_steps=2), tmp_path / "half", progress=False)
+    with pytest.raises(FileExistsError):
+        distill(_cfg(tiny, method), tmp_path / "half", progress=False)
+    if method in ("slimflow", "progressive"):
+        return  # a shorter stage is another run for them: killed-and-resumed is tested below
+    resumed = distill(_cfg(tiny, method), tmp_path / "half", resume=True, progress=False)
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), method
+
+
+@pytest.mark.parametrize("method", ["slimflow", "progressive"])
+def test_multi_stage_methods_resume_a_killed_stage(tiny, tmp_path, method, monkeypatch):
+    full = distill(_cfg(tiny, method), tmp_path / "full", progress=False)
+    from fewstep.compress import trainer
+
+    real_run = trainer.TrainingLoop.run
+    calls = {"n": 0}
+
+    def dies_in_second_stage(self, resume=False, progress=True):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            self.on_step = lambda step: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2 else None
+        return real_run(self, resume, progress)
+
+    monkeypatch.setattr(trainer.TrainingLoop, "run", dies_in_second_stage)
+    with pytest.raises(KeyboardInterrupt):
+        distill(_cfg(tiny, method), tmp_path / "killed", progress=False)
+    monkeypatch.setattr(trainer.TrainingLoop, "run", real_run)
+    resumed = distill(_cfg(tiny, method), tmp_path / "killed", resume=True, progress=False)
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_student_schedules_and_guidance_modes(tiny, tmp_path):
+    cons = load_model(distill(_cfg(tiny, "consistency"), tmp_path / "c", progress=False))[1]
+    assert cons["sampler"]["rule"] == "consistency" and cons["sampler"]["timesteps"] == [1.0, 0.5]
+    guid = distill(_cfg(tiny, "guidance", student_steps=3), tmp_path / "g", progress=False)
+    pipe = TorchPipeline.from_checkpoint(guid)
+    assert pipe.guidance_mode == "embedded" and pipe.spec["sampler"]["timesteps"] == pytest.approx([1, 2 / 3, 1 / 3, 0])
+    cond, x, t = pipe.encoder.encode(["a red circle"]), torch.randn(1, 3, 16, 16), torch.full((1,), 0.5)
+    assert not torch.equal(pipe.model(x, t, cond.with_guidance(2.0)), pipe.model(x, t, cond.with_guidance(5.0)))
+    assert pipe.generate(["a red circle"], [0], guidance=5.0).shape == (1, 16, 16, 3)
+    with pytest.raises(ValueError, match="learned guidance scales"):
+        pipe.generate(["a red circle"], [0], guidance=9.0)
+    insta = TorchPipeline.from_checkpoint(distill(_cfg(tiny, "instaflow"), tmp_path / "i", progress=False))
+    assert insta.spec["sampler"]["timesteps"] == [1.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="baked in"):
+        insta.generate(["a red circle"], [0], guidance=3.0)
+
+
+def test_bad_distill_configs_are_refused(tiny, tmp_path):
+    with pytest.raises(ValueError, match="--pairs"):
+        distill(_cfg(tiny, "reflow", pairs=None), tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="powers of two"):
+        _cfg(tiny, "progressive", start_steps=12, student_steps=2)
+    with pytest.raises(ValueError, match="unknown method"):
+        DistillConfig(method="magic")
+    with pytest.raises(ValueError, match="sliced"):
+        distill(_cfg(tiny, "reflow", init="teacher"), tmp_path / "y", progress=False)
+
+
+def test_pair_cache_resumes_splits_by_rank_and_refuses_other_keys(tiny, tmp_path):
+    teacher, _, pairs = tiny
+    cfg = PairsConfig(teacher=str(teacher), n=24, steps=2, shard_size=8, batch_size=8)
+    ref = PairCache.open(pairs)
+    # two ranks write disjoint shards; together they equal the single-process cache
+    build_pairs(cfg, tmp_path / "p", rank=0, world=2, progress=False)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        PairCache.open(tmp_path / "p")
+    build_pairs(cfg, tmp_path / "p", rank=1, world=2, progress=False)
+    split = PairCache.open(tmp_path / "p")
+    assert torch.equal(split.x0, ref.x0) and torch.equal(split.noise, ref.noise)
+    # a lost shard is rebuilt, the others are kept
+    (tmp_path / "p" / "shard_00001.safetensors").unlink()
+    build_pairs(cfg, tmp_path / "p", progress=False)
+    assert torch.equal(PairCache.open(tmp_path / "p").x0, ref.x0)
+    with pytest.raises(CheckpointError, match="other settings"):
+        build_pairs(PairsConfig(teacher=str(teacher), n=24, steps=3, shard_size=8), tmp_path / "p", progress=False)
+    with pytest.raises(CheckpointError, match="not a pair cache"):
+        PairCache.open(tmp_path)
+
+
+def test_sliced_init_keeps_the_most_important_channels_aligned():
+    torch.manual_seed(0)
+    teacher = build_unet_flow(TINY_TEACHER)
+    same = build_unet_flow(TINY_TEACHER)
+    assert init_student(same, teacher, "sliced")["sliced"] == 0  # same widths: an exact copy
+    x, t = torch.randn(2, 3, 16, 16), torch.rand(2)
+    from fewstep.models.contract import Cond
+
+    cond = Cond(torch.randn(2, 4, 384), torch.ones(2, 4))
+    assert torch.equal(same(x, t, cond), teacher(x, t, cond))
+    small = build_unet_flow(TINY_STUDENT)
+    state, report = slice_state(teacher.state_dict(), small.state_dict())
+    assert report["fresh"] == 0 and report["sliced"] > 0
+    w_in = teacher.state_dict()["unet.conv_in.weight"]  # (8, 3, 3, 3) -> (4, 3, 3, 3): the 4 largest filters
+    kept = w_in.flatten(1).norm(dim=1)
+    assert set(state["unet.conv_in.weight"].flatten(1).norm(dim=1).tolist()) <= set(kept.tolist())

@@ -1,0 +1,202 @@
+"""Exact toy checks with a known answer (2-D Gaussian mixture and its analytic flow), through the real loop."""
+
+from __future__ import annotations
+
+import torch
+
+from fewstep.compress.methods.consistency import ConsistencyLoss
+from fewstep.compress.methods.dmd import DMDLoss
+from fewstep.compress.methods.guidance import GuidanceDistillLoss
+from fewstep.compress.methods.instaflow import InstaFlowLoss
+from fewstep.compress.methods.progressive import ProgressiveLoss
+from fewstep.compress.methods.reflow import ReflowLoss
+from fewstep.compress.methods.slimflow import AnnealingReflowLoss, FlowGuidedLoss
+from fewstep.models.samplers import euler, uniform_timesteps
+from tests.toys import MEANS, MixtureFlow, ToyMLP, cond_of, decreased, ode, sample_data, train
+
+N_PAIRS = 4096
+NULL = cond_of(torch.tensor([-1]))
+
+
+def _pairs(teacher, n: int = N_PAIRS, seed: int = 0, conditional: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(n, 2, 1, 1, generator=g)
+    classes = torch.randint(0, 2, (n,), generator=g) if conditional else torch.full((n,), -1)
+    cond = cond_of(classes)
+    return eps, ode(teacher, eps, cond), cond
+
+
+def _pair_batches(pairs, batch: int = 256):
+    eps, x0, cond = pairs
+
+    def fn(step: int):
+        idx = torch.randint(0, len(eps), (batch,), generator=torch.Generator().manual_seed(step))
+        return eps[idx], x0[idx], cond.index(idx)
+
+    return fn
+
+
+def _data_batches(batch: int = 256, conditional: bool = True):
+    def fn(step: int):
+        x0, classes = sample_data(batch, torch.Generator().manual_seed(10_000 + step))
+        return x0, cond_of(classes if conditional else torch.full_like(classes, -1))
+
+    return fn
+
+
+@torch.no_grad()
+def straightness(model, noise: torch.Tensor, cond, steps: int = 64) -> float:
+    """E sum_i ||(x_1 - x_0) - v_i||^2 dt along the model's own Euler path (0 = perfectly straight)."""
+    times = uniform_timesteps(steps)
+    x, vs = noise, []
+    for i in range(steps):
+        v = model(x, times[i].expand(len(x)), cond)
+        vs.append(v)
+        x = x + (times[i + 1] - times[i]) * v
+    straight = noise - x
+    return float(sum(((straight - v) ** 2).flatten(1).sum(1).mean() for v in vs) / steps)
+
+
+def _held_out(n: int = 1024, seed: int = 99):
+    eps = torch.randn(n, 2, 1, 1, generator=torch.Generator().manual_seed(seed))
+    return eps, cond_of(torch.full((n,), -1))
+
+
+def _map_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).flatten(1).pow(2).sum(1).mean())
+
+
+def test_mixture_flow_is_the_exact_field():
+    """The analytic field transports noise to the mixture: both modes, right spread."""
+    eps, cond = _held_out(4000)
+    x = ode(MixtureFlow(), eps, cond, steps=128).flatten(1)
+    left = x[:, 0] < 0
+    assert 0.45 < left.float().mean() < 0.55
+    assert torch.allclose(x[left].mean(0), MEANS[0], atol=0.05)
+    assert abs(float(x[left][:, 1].std()) - 0.3) < 0.03
+
+
+def test_reflow_makes_trajectories_straighter(tmp_path):
+    teacher = MixtureFlow()
+    torch.manual_seed(0)
+    student, losses = train(ToyMLP(), ReflowLoss(), _pair_batches(_pairs(teacher)), 600, tmp_path)
+    eps, cond = _held_out()
+    s_teacher, s_student = straightness(teacher, eps, cond), straightness(student, eps, cond)
+    assert decreased(losses)
+    assert s_student < 0.3 * s_teacher, (s_teacher, s_student)
+    # straighter paths -> one Euler step of the student lands near the teacher's ODE map; the teacher's does not
+    ref = ode(teacher, eps, cond)
+    one = uniform_timesteps(1)
+    assert _map_error(euler(student, eps, one, cond), ref) < 0.5 * _map_error(euler(teacher, eps, one, cond), ref)
+
+
+def test_one_step_student_matches_the_teachers_ode_map(tmp_path):
+    teacher = MixtureFlow()
+    torch.manual_seed(0)
+    loss = InstaFlowLoss(k=1, distance="l2")
+    student, losses = train(ToyMLP(), loss, _pair_batches(_pairs(teacher)), 800, tmp_path)
+    eps, cond = _held_out()
+    ref = ode(teacher, eps, cond)
+    one = uniform_timesteps(1)
+    err_student = _map_error(euler(student, eps, one, cond), ref)
+    err_teacher_1step = _map_error(euler(teacher, eps, one, cond), ref)
+    assert decreased(losses)
+    assert err_student < 0.1 * err_teacher_1step, (err_student, err_teacher_1step)
+    assert err_student < 0.1  # squared distance; the modes are 4 apart
+
+
+def test_slimflow_two_stages_on_the_toy(tmp_path):
+    """Annealing reflow (beta 1 -> 0), then flow-guided distillation lowers the one-step error further."""
+    teacher = MixtureFlow()
+    pairs = _pair_batches(_pairs(teacher))
+    torch.manual_seed(0)
+    stage1, l1 = train(ToyMLP(), AnnealingReflowLoss(300), pairs, 600, tmp_path / "s1")
+    stage2_init = ToyMLP()
+    stage2_init.load_state_dict(stage1.state_dict())
+    stage2, l2 = train(stage2_init, FlowGuidedLoss(stage1, "l2"), pairs, 300, tmp_path / "s2", lr=5e-4)
+    eps, cond = _held_out()
+    ref, one = ode(teacher, eps, cond), uniform_timesteps(1)
+    assert decreased(l1) and decreased(l2)
+    assert _map_error(euler(stage2, eps, one, cond), ref) < _map_error(euler(stage1, eps, one, cond), ref)
+
+
+def test_consistency_boundary_and_one_step_quality(tmp_path):
+    teacher = MixtureFlow()
+    model = ToyMLP()
+    x = torch.randn(16, 2, 1, 1)
+    zero = torch.zeros(16)
+    cond = cond_of(torch.full((16,), -1))
+    assert torch.equal(x - zero.view(-1, 1, 1, 1) * model(x, zero, cond), x)  # f(x, 0) = x by construction
+    torch.manual_seed(0)
+    loss = ConsistencyLoss(
+        teacher, NULL, guidance=1.0, grid=40, skip=2, target_decay=0.95, solver="heun", distance="l2"
+    )
+    student = ToyMLP()
+    loss.init_target(student)
+    student, losses = train(student, loss, _data_batches(conditional=False), 800, tmp_path)
+    eps, cond = _held_out()
+    ref = ode(teacher, eps, cond)
+    f1 = eps - student(eps, torch.ones(len(eps)), cond)
+    one = uniform_timesteps(1)
+    assert decreased(losses)
+    assert _map_error(f1, ref) < 0.25 * _map_error(euler(teacher, eps, one, cond), ref)
+
+
+def test_progressive_round_halves_steps_with_the_teachers_result(tmp_path):
+    teacher = MixtureFlow()
+    torch.manual_seed(0)
+    loss = ProgressiveLoss(teacher, NULL, teacher_steps=4, guidance=1.0)
+    student, losses = train(ToyMLP(), loss, _data_batches(conditional=False), 600, tmp_path)
+    eps, cond = _held_out()
+    ref = euler(teacher, eps, uniform_timesteps(4), cond)  # the teacher's own 4-step result
+    assert decreased(losses)
+    err = _map_error(euler(student, eps, uniform_timesteps(2), cond), ref)
+    assert err < 0.3 * _map_error(euler(teacher, eps, uniform_timesteps(2), cond), ref)
+
+
+def test_guidance_distillation_matches_cfg_across_w(tmp_path):
+    teacher = MixtureFlow()
+    torch.manual_seed(0)
+    loss = GuidanceDistillLoss(teacher, NULL, w_min=1.0, w_max=5.0)
+    student, losses = train(ToyMLP(guidance_input=True), loss, _data_batches(), 1000, tmp_path)
+    assert decreased(losses)
+    g = torch.Generator().manual_seed(5)
+    x0, classes = sample_data(512, g)
+    t = torch.rand(512, generator=g) * 0.9 + 0.05
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
+    cond = cond_of(classes)
+    v_c, v_u = teacher(x_t, t, cond), teacher(x_t, t, cond_of(torch.full((512,), -1)))
+    for w in (1.0, 2.0, 4.0):
+        target = v_u + w * (v_c - v_u)
+        rel = (student(x_t, t, cond.with_guidance(w)) - target).norm() / target.norm()
+        assert rel < 0.15, (w, float(rel))
+
+
+def _mode_balance(x: torch.Tensor) -> float:
+    return float((x.flatten(1)[:, 0] < 0).float().mean())
+
+
+def test_dmd_with_regression_covers_both_modes(tmp_path):
+    """DMD paper, Figure 3: the regression loss on pairs keeps both modes of a two-mode target."""
+    teacher = MixtureFlow()
+    torch.manual_seed(0)
+    fake = ToyMLP()
+    fake_init, _ = train(fake, ReflowLoss(), _pair_batches(_pairs(teacher)), 200, tmp_path / "fake")
+    results = {}
+    for reg in (0.25, 0.0):
+        torch.manual_seed(1)
+        gen = ToyMLP()
+        fake = ToyMLP()
+        fake.load_state_dict(fake_init.state_dict())
+        loss = DMDLoss(
+            teacher, NULL, w_real=1.0, reg_weight=reg, fake_updates=5, fake_lr=1e-3, distance="l2", fake=fake
+        )
+        gen, losses = train(gen, loss, _pair_batches(_pairs(teacher, 1024)), 400, tmp_path / f"reg{reg}", lr=1e-3)
+        eps, cond = _held_out()
+        x = (eps - gen(eps, torch.ones(len(eps)), cond)).flatten(1)
+        results[reg] = (_mode_balance(x), float(torch.cdist(x, MEANS).min(1).values.mean()))
+        assert decreased(losses) or reg == 0.0
+    balance, spread = results[0.25]
+    assert 0.3 < balance < 0.7, results  # both modes
+    assert spread < 0.6, results  # on the modes (std 0.3: 0.38 for exact samples; 1.5 for the untrained x = eps)
+    # without the regression loss DMD *may* collapse (it does not on this easy target; measured, not asserted)
