@@ -69,5 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = distill(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"student saved to {path}; try: fewstep generate {path} --prompt 'a red circle on the left'")
+    from ..compress.distributed import is_main
+
+    if is_main():  # under torchrun every rank returns here; one says it
+        print(f"student saved to {path}; try: fewstep generate {path} --prompt 'a red circle on the left'")
     return 0

@@ -65,6 +65,8 @@ def shipped() -> list[dict]:
         }
         if "params" in meta:
             row.update(params=meta["params"], trained_steps=meta.get("training", {}).get("step"))
+            row["method"] = meta.get("training", {}).get("method")
+            row["sampler"] = {k: meta.get("sampler", {}).get(k) for k in ("rule", "default_steps")}
         if "accuracy" in meta:
             row["held_out_accuracy"] = meta["accuracy"]
         rows.append(row)
@@ -96,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
         if "status" in r:
             print(f"  {r['name']:<18} {r['status']}")
         elif "params" in r:
-            print(
-                f"  {r['name']:<18} {r['kind']}, {r['params']:,} params, {r['trained_steps']} steps, {r['size_mb']} MB"
-            )
+            sampler = f"{r['sampler']['rule']} {r['sampler']['default_steps']} step(s)"
+            print(f"  {r['name']:<18} {r['method']}, {r['params']:,} params, {r['trained_steps']} training steps, "
+                  f"samples with {sampler}, {r['size_mb']} MB")  # fmt: skip
         else:
             acc = ", ".join(f"{k} {v:.3f}" for k, v in r.get("held_out_accuracy", {}).items())
             print(f"  {r['name']:<18} {r['kind']}, {r['size_mb']} MB, held-out: {acc}")

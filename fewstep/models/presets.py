@@ -44,7 +44,7 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("teacher", "shapes/digits teacher, 32x32 RGB", _unet((32, 64, 64), 16, 4, 128)),
-        Preset("student-s", "slim student, ~1/4 of the teacher's parameters", _unet((16, 32, 32), 8, 2, 64)),
+        Preset("student-s", "slim student, <= 1/4 of the teacher's parameters", _unet((16, 32, 32), 8, 2, 32)),
         Preset("student-xs", "slim student, ~1/10 of the teacher's parameters", _unet((10, 20, 20), 2, 2, 32)),
     )
 }

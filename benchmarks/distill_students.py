@@ -1,0 +1,111 @@
+"""Students of every distillation method against the shipped teacher, on the built-in shapes benchmark.
+
+Each student is evaluated at 1, 2 and 4 steps (its own sampler rule and guidance mode) with the same 512
+held-out prompts and seeds, feature network and judge as the teacher's baselines
+(benchmarks/results/shapes32-teacher/eval.json, made by teacher_baselines.py).
+
+    python benchmarks/distill_students.py slimflow=runs/bench/slimflow consistency=runs/bench/consistency ...
+
+Writes benchmarks/results/distill/{NAME/eval.json, NAME/samples_*.png, results.json, results.md}; a student
+already evaluated (NAME/eval.json newer than its checkpoint) is kept unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from fewstep.evaluation.evaluate import Setting, evaluate
+from fewstep.models.loading import load_model, resolve_checkpoint
+
+ROOT = Path(__file__).resolve().parent / "results"
+OUT = ROOT / "distill"
+TEACHER = ROOT / "shapes32-teacher" / "eval.json"
+
+
+def _row(name: str, spec: dict, s: dict, teacher: dict[int, dict]) -> dict:
+    t = teacher.get(s["steps"])
+    return {
+        "student": name,
+        "method": spec["training"]["method"],
+        "params": spec["params"],
+        "params_vs_teacher": round(spec["params"] / spec["training"]["teacher_params"], 3),
+        "init": (spec["training"].get("init") or {}).get("init", spec["training"].get("init")),
+        "train_steps": spec["training"]["step"],
+        "steps": s["steps"],
+        "nfe": s["nfe"],
+        "fid": s["fid"],
+        "kid_mean": s["kid_mean"],
+        "adherence": s["adherence"],
+        "ms_per_image": s["ms_per_image"],
+        "teacher_fid_same_steps": t["fid"] if t else None,
+        "beats_teacher_fid": bool(t and s["fid"] < t["fid"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("students", nargs="+", help="NAME=checkpoint-or-run-dir")
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--steps", default="1,2,4")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    teacher_eval = json.loads(TEACHER.read_text())
+    teacher = {s["steps"]: s for s in teacher_eval["systems"] if s["guidance"] == 3.0}
+    settings = tuple(Setting("euler", int(k), 3.0) for k in args.steps.split(","))
+    results = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").is_file() else {}
+    for item in args.students:
+        name, path = item.split("=", 1)
+        ckpt = resolve_checkpoint(path)
+        where = OUT / name
+        done = where / "eval.json"
+        if done.is_file() and done.stat().st_mtime > ckpt.stat().st_mtime and not args.force:
+            result = json.loads(done.read_text())
+        else:
+            t0 = time.time()
+            result = evaluate(str(ckpt), "shapes", args.n, settings, out_dir=where)
+            result["command"] = f"python benchmarks/distill_students.py {name}={path} --n {args.n}"
+            result["wall_seconds"] = round(time.time() - t0, 1)
+            where.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(result, indent=2) + "\n")
+        spec = load_model(ckpt)[1]
+        results[name] = {"checkpoint": str(path), "config": spec["training"]["config"],
+                         "rows": [_row(name, spec, s, teacher) for s in result["systems"]]}  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "results.md").write_text(render(results, teacher_eval))
+    print(render(results, teacher_eval))
+
+
+def render(results: dict, teacher_eval: dict) -> str:
+    lines = [
+        "# Students vs the shipped teacher (shapes, 512 held-out prompts, prompt i with seed i)\n",
+        f"Domain FID / KID in {teacher_eval['feature_space']}; adherence = the shapes judge's exact check. "
+        "ms/image: torch eager, batch 64, 2 CPU threads. NFE counts network evaluations per image.\n",
+        "| system | params (x teacher) | steps | NFE | FID | KID x1e3 | adherence | teacher FID, same steps "
+        "| beats teacher |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in teacher_eval["systems"]:
+        lines.append(f"| teacher, Euler, CFG w={s['guidance']:g} | 1,494,755 (1.00) | {s['steps']} | {s['nfe']} | "
+                     f"{s['fid']:.2f} | {1e3 * s['kid_mean']:.2f} | {100 * s['adherence']:.1f}% | | |")  # fmt: skip
+    for name, r in results.items():
+        for row in r["rows"]:
+            tf = row["teacher_fid_same_steps"]
+            lines.append(
+                f"| {name} ({row['method']}, init {row['init']}, {row['train_steps']} steps) | {row['params']:,} "
+                f"({row['params_vs_teacher']:.2f}) | {row['steps']} | {row['nfe']} | {row['fid']:.2f} | "
+                f"{1e3 * row['kid_mean']:.2f} | {100 * row['adherence']:.1f}% | {'' if tf is None else f'{tf:.2f}'} | "
+                f"{'yes' if row['beats_teacher_fid'] else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
