@@ -132,6 +132,7 @@ class Distiller:
         self.cfg, self.out = cfg, out
         self.teacher_path = resolve_checkpoint(cfg.teacher)
         self.teacher, self.teacher_spec = load_model(self.teacher_path)
+        self.teacher_sha256 = sha256_file(self.teacher_path)
         self.encoder = load_text_encoder(self.teacher_spec["text_encoder"])
         self.null = self.encoder.null(1)
         gdim = cfg.guidance_dim if cfg.method == "guidance" else None
@@ -148,7 +149,7 @@ class Distiller:
         if self._pairs is None:
             self._pairs = PairCache.open(self.cfg.pairs)
             key = self._pairs.key
-            if key["teacher_sha256"] != sha256_file(self.teacher_path) and self.cfg.method != "instaflow":
+            if key["teacher_sha256"] != self.teacher_sha256 and self.cfg.method != "instaflow":
                 raise CheckpointError(
                     f"pairs in {self.cfg.pairs} were made by another teacher than {self.cfg.teacher}; "
                     "build pairs with this teacher (instaflow alone may use a reflowed teacher's pairs)"
@@ -196,7 +197,7 @@ class Distiller:
                 "method": self.cfg.method,
                 "step": step,
                 "teacher": self.teacher_spec.get("name"),
-                "teacher_sha256": sha256_file(self.teacher_path),
+                "teacher_sha256": self.teacher_sha256,
                 "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
                 "pairs": self._pairs.key if self._pairs is not None else None,
                 "config": to_dict(self.cfg),
