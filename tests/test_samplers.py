@@ -107,3 +107,28 @@ def test_numpy_euler_matches_torch_euler_with_cfg():
 
     out = euler_np(velocity, noise.numpy(), ts.numpy(), {"text": cond.text.numpy()}, 2.5, {"text": null.text.numpy()})
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-6)
+
+
+def test_numpy_consistency_sampler_matches_torch_and_renoises_per_seed():
+    from fewstep.models.samplers import consistency, seeded_renoise
+    from fewstep.runtime import consistency_np, renoise_np
+
+    seeds, shape = [3, 4], (1, 4, 4)
+    times = torch.tensor([1.0, 0.6, 0.3])
+    cond = _cond(2, 1.0)
+    ref = consistency(TwoClassFlow(), seeded_noise(seeds, shape), times, cond, seeded_renoise(seeds, shape))
+
+    def velocity(x, t, c):
+        return TwoClassFlow()(torch.from_numpy(x), torch.from_numpy(t), Cond(torch.from_numpy(c["text"]))).numpy()
+
+    out = consistency_np(velocity, seeded_noise_np(seeds, shape), times.numpy(), {"text": cond.text.numpy()},
+                         lambda i: renoise_np(seeds, shape, i))  # fmt: skip
+    np.testing.assert_allclose(out, ref.numpy(), atol=1e-6)
+    # re-noising draws differ from the initial noise and between steps, and do not depend on the batch
+    assert not np.allclose(renoise_np([3], shape, 0), seeded_noise_np([3], shape))
+    assert not np.allclose(renoise_np([3], shape, 0), renoise_np([3], shape, 1))
+    np.testing.assert_array_equal(renoise_np([4], shape, 1)[0], renoise_np(seeds, shape, 1)[1])
+    # one step = the consistency function at t = 1
+    one = consistency(TwoClassFlow(), seeded_noise(seeds, shape), times[:1], cond, seeded_renoise(seeds, shape))
+    x = seeded_noise(seeds, shape)
+    torch.testing.assert_close(one, x - TwoClassFlow()(x, torch.ones(2), cond))

@@ -4,7 +4,7 @@ So far it holds the numpy samplers that engines will run; bundles, backends, `fe
 `bench` and `serve` are added by the runtime issue on top of them.
 """
 
-from ..noise import seeded_noise_np
-from .samplers import euler_np
+from ..noise import renoise_np, seeded_noise_np
+from .samplers import consistency_np, euler_np
 
-__all__ = ["euler_np", "seeded_noise_np"]
+__all__ = ["consistency_np", "euler_np", "renoise_np", "seeded_noise_np"]

@@ -40,3 +40,24 @@ def euler_np(
             v = v_uncond + np.float32(guidance) * (v_cond - v_uncond)
         x = x + (s - t) * v
     return x
+
+
+def consistency_np(
+    velocity: Velocity,
+    noise: np.ndarray,
+    times: np.ndarray,
+    cond: dict[str, np.ndarray],
+    renoise: Callable[[int], np.ndarray],
+) -> np.ndarray:
+    """Multistep consistency sampling: x0 = x - t v(x, t), then re-noise to the next time with `renoise(i)`."""
+    ts = np.asarray(times, dtype=np.float32)
+    if ts.ndim != 1 or len(ts) < 1 or not np.all(np.diff(ts) < 0) or ts.min() <= 0 or ts.max() > 1:
+        raise ValueError(f"consistency times must be a decreasing 1-D array in (0, 1]; got {ts.tolist()}")
+    x = noise.astype(np.float32)
+    b = x.shape[0]
+    for i, t in enumerate(ts):
+        x0 = x - t * velocity(x, np.full(b, t, np.float32), cond)
+        if i + 1 < len(ts):
+            s = ts[i + 1]
+            x = (1 - s) * x0 + s * renoise(i).astype(np.float32)
+    return x0
