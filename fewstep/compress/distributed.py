@@ -26,6 +26,8 @@ def world() -> tuple[int, int]:
 def init_from_env(device: str = "cpu") -> tuple[int, int]:
     """Join the process group torchrun described in the environment (WORLD_SIZE > 1); no-op otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):  # one GPU per process: plain "cuda" then means this rank's GPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return world()
 
