@@ -314,7 +314,9 @@ def _run_slimflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, pro
     student2.load_state_dict(guide.state_dict())
 
     def spec2(step):
-        return d.spec(step, "euler", one, _none(scale), {"init": "slimflow stage 1", "stage": 2, "train_times": [1.0]})
+        return d.spec(
+            step, "euler", one, _none(scale), {"init": f"stage 1 ({report['init']})", "stage": 2, "train_times": [1.0]}
+        )
 
     loss2 = FlowGuidedLoss(guide, cfg.distance, (cfg.tau_min, cfg.tau_max))
     s2 = out / "stage2"
