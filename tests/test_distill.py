@@ -148,3 +148,16 @@ def test_sliced_init_keeps_the_most_important_channels_aligned():
     w_in = teacher.state_dict()["unet.conv_in.weight"]  # (8, 3, 3, 3) -> (4, 3, 3, 3): the 4 largest filters
     kept = w_in.flatten(1).norm(dim=1)
     assert set(state["unet.conv_in.weight"].flatten(1).norm(dim=1).tolist()) <= set(kept.tolist())
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "params_max"), [("shapes32-slimflow", 1, 0.25), ("shapes32-progressive-4step", 4, 1.0)]
+)
+def test_shipped_students_generate_with_their_own_schedule(name, steps, params_max):
+    pipe = TorchPipeline.from_checkpoint(name)
+    spec = pipe.spec
+    assert spec["role"] == "student" and spec["sampler"]["default_steps"] == steps
+    assert spec["params"] <= params_max * spec["training"]["teacher_params"]
+    assert spec["sampler"]["guidance"]["mode"] == "none"
+    a = pipe.generate(["a red circle", "a blue square"], [0, 1])
+    assert a.shape == (2, 32, 32, 3) and (a == pipe.generate(["a red circle", "a blue square"], [0, 1])).all()

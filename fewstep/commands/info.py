@@ -96,12 +96,12 @@ def run(args: argparse.Namespace) -> int:
     print("\nshipped models:")
     for r in info["shipped"]:
         if "status" in r:
-            print(f"  {r['name']:<18} {r['status']}")
+            print(f"  {r['name']:<26} {r['status']}")
         elif "params" in r:
             sampler = f"{r['sampler']['rule']} {r['sampler']['default_steps']} step(s)"
-            print(f"  {r['name']:<18} {r['method']}, {r['params']:,} params, {r['trained_steps']} training steps, "
+            print(f"  {r['name']:<26} {r['method']}, {r['params']:,} params, {r['trained_steps']} training steps, "
                   f"samples with {sampler}, {r['size_mb']} MB")  # fmt: skip
         else:
             acc = ", ".join(f"{k} {v:.3f}" for k, v in r.get("held_out_accuracy", {}).items())
-            print(f"  {r['name']:<18} {r['kind']}, {r['size_mb']} MB, held-out: {acc}")
+            print(f"  {r['name']:<26} {r['kind']}, {r['size_mb']} MB, held-out: {acc}")
     return 0
