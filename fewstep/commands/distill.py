@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+
+from .run_flags import add_run_flags, resolve_run_config
 
 HELP = "distill a teacher into a fast (and smaller) student: reflow, slimflow, instaflow, guidance, consistency, ..."
 EPILOG = """methods (METHODS.md has the equations):
@@ -37,37 +38,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help=HELP, description=HELP, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("method_name", metavar="METHOD", choices=METHODS, help=" | ".join(METHODS))
-    p.add_argument("--out", help="run directory (created)")
-    p.add_argument("--config", help="YAML file with config fields; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    p.add_argument("--no-progress", action="store_true")
-    for f in fields(DistillConfig):
-        if f.name == "method":
-            continue
-        typ = {"int": int, "float": float}.get(str(f.type), str)
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", type=typ, default=None,
-                       help=f"(default: {f.default})")  # fmt: skip
+    add_run_flags(p, DistillConfig, skip=("method",))
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..compress.distill import DistillConfig, distill
-    from ..config import load_config, to_yaml
 
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
-    overrides["method"] = args.method_name
-    cfg = load_config(DistillConfig, args.config, overrides)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
+    cfg = resolve_run_config(DistillConfig, args, method=args.method_name)
+    if cfg is None:
         return 0
-    if not args.out:
-        raise ValueError("--out DIR is required (the run directory)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     path = distill(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     from ..compress.distributed import is_main
 
