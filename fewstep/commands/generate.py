@@ -81,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
     n = len(sampling_times(pipe.spec, steps)) - (0 if rule == "consistency" else 1)
     print(
         f"wrote {path}: {len(prompts)} prompt(s) x {len(args.seeds)} seed(s), "
-        f"{rule} {n} step(s), guidance {w:g} ({pipe.guidance_mode})"
+        f"{rule} {n} step(s), "
+        + (
+            f"guidance baked in (w {pipe.spec['sampler']['guidance'].get('baked_scale', '?')})"
+            if pipe.guidance_mode == "none"
+            else f"guidance {w:g} ({pipe.guidance_mode})"
+        )
     )
     return 0
