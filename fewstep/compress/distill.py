@@ -21,10 +21,11 @@ from ..models.checkpoint import CheckpointError
 from ..models.datasets import make_dataset, to_uint8
 from ..models.loading import load_model, resolve_checkpoint, save_model
 from ..models.pipeline import TorchPipeline, resolve_guidance, sampling_times
+from ..models.samplers import consistency_timesteps, uniform_timesteps
 from ..models.text_encoders import load_text_encoder
 from . import distributed as ddp
 from .data import EncodedDataset
-from .methods.consistency import ConsistencyLoss, consistency_timesteps
+from .methods.consistency import ConsistencyLoss
 from .methods.dmd import DMDLoss
 from .methods.guidance import GuidanceDistillLoss
 from .methods.instaflow import InstaFlowLoss
@@ -245,7 +246,8 @@ def _none(scale: float) -> dict:
 
 
 def _euler_times(k: int) -> list[float]:
-    return [round(1 - i / k, 6) for i in range(k + 1)]
+    """The k-step Euler schedule a student samples with, as JSON-friendly numbers."""
+    return [round(float(t), 6) for t in uniform_timesteps(k)]
 
 
 def distill(cfg: DistillConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
@@ -343,7 +345,7 @@ def _run_guidance(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, pro
 
 def _run_consistency(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
     student, report = d.new_student()
-    times = consistency_timesteps(cfg.student_steps, cfg.grid)
+    times = consistency_timesteps(cfg.student_steps, cfg.grid).tolist()
 
     def spec(step):
         return d.spec(step, "consistency", times, _none(cfg.guidance),

@@ -109,6 +109,20 @@ def check_resumable(out_dir: str | Path, loop: LoopConfig, run_config: dict, res
     return True
 
 
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as flat tensors `{prefix}{i}.{name}` (for a safetensors file)."""
+    return {f"{prefix}{i}.{k}": torch.as_tensor(v) for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list) -> None:
+    """Inverse of `optimizer_tensors` (keys without the prefix)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        i, name = k.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     """Move a batch (tensors, Conds, tuples of them) to the training device."""
     if device.type == "cpu":
@@ -160,8 +174,7 @@ class TrainingLoop:
         tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         if hasattr(self.loss_fn, "state_tensors"):
             tensors.update({f"loss.{k}": v for k, v in self.loss_fn.state_tensors().items()})
-        for i, s in self.opt.state_dict()["state"].items():
-            tensors.update({f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
+        tensors.update(optimizer_tensors(self.opt, "optim."))
         return tensors
 
     def save_checkpoint(self) -> None:
@@ -193,11 +206,7 @@ class TrainingLoop:
         self.ema.load_state_dict(pick("ema."))
         if hasattr(self.loss_fn, "load_state_tensors"):
             self.loss_fn.load_state_tensors({k: v.to(self.device) for k, v in pick("loss.").items()})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in pick("optim.").items():
-            i, name = k.split(".", 1)
-            state.setdefault(int(i), {})[name] = v
-        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        load_optimizer_tensors(self.opt, pick("optim."), meta["param_groups"])
         if meta.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])

@@ -11,7 +11,7 @@ import torch
 from .contract import FlowModel
 from .datasets import to_uint8
 from .loading import load_model
-from .samplers import consistency, get_sampler, seeded_noise, seeded_renoise, uniform_timesteps
+from .samplers import consistency, consistency_timesteps, get_sampler, seeded_noise, seeded_renoise, uniform_timesteps
 from .text_encoders import TextEncoder, load_text_encoder
 
 MAX_STEPS = 1000
@@ -27,8 +27,7 @@ def sampling_times(spec: dict, steps: int | None) -> torch.Tensor:
             return torch.tensor(sampler["timesteps"], dtype=torch.float32)
         steps = int(sampler.get("default_steps", 50))
     if sampler.get("rule") == "consistency":
-        grid = int(sampler.get("grid", 1000))
-        return torch.tensor([round(grid * (1 - i / steps)) / grid for i in range(steps)], dtype=torch.float32)
+        return consistency_timesteps(steps, int(sampler.get("grid", 1000)))
     return uniform_timesteps(steps)
 
 

@@ -24,6 +24,13 @@ def uniform_timesteps(steps: int, shift: float = 1.0) -> torch.Tensor:
     return (shift * t / (1 + (shift - 1) * t)).float()
 
 
+def consistency_timesteps(steps: int, grid: int) -> torch.Tensor:
+    """`steps` consistency sampling times from 1 down, evenly spaced, snapped to the training grid n / grid."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    return torch.tensor([round(grid * (1 - i / steps)) / grid for i in range(steps)], dtype=torch.float32)
+
+
 def check_timesteps(timesteps: torch.Tensor) -> None:
     if timesteps.ndim != 1 or timesteps.numel() < 2:
         raise ValueError(f"timesteps must be a 1-D tensor of >= 2 times; got shape {tuple(timesteps.shape)}")

@@ -20,11 +20,6 @@ from .common import FrozenCopy, cfg_velocity, interpolate, x0_prediction
 from .distance import get_distance
 
 
-def consistency_timesteps(steps: int, grid: int) -> list[float]:
-    """`steps` sampling times from 1 down, evenly spaced and snapped to the training grid n / grid."""
-    return [round(grid * (1 - i / steps)) / grid for i in range(steps)]
-
-
 @dataclass
 class ConsistencyLoss:
     teacher: torch.nn.Module

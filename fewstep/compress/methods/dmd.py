@@ -23,6 +23,7 @@ from ...models.contract import Cond
 from .. import distributed as ddp
 from ..distributed import StepRandom
 from ..flow_matching import bcast
+from ..trainer import load_optimizer_tensors, optimizer_tensors
 from .common import FrozenCopy, cfg_velocity, interpolate
 from .distance import get_distance
 
@@ -93,8 +94,7 @@ class DMDLoss:
         out = {f"fake.{k}": v for k, v in self.fake.state_dict().items()}
         if self.head is not None:
             out.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-        for i, s in self.fake_opt.state_dict()["state"].items():
-            out.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
+        out.update(optimizer_tensors(self.fake_opt, "opt."))
         return out
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
@@ -102,11 +102,7 @@ class DMDLoss:
         self.fake.load_state_dict(pick("fake."))
         if self.head is not None:
             self.head.load_state_dict(pick("head."))
-        opt: dict[int, dict] = {}
-        for k, v in pick("opt.").items():
-            i, name = k.split(".", 1)
-            opt.setdefault(int(i), {})[name] = v
-        self.fake_opt.load_state_dict({"state": opt, "param_groups": self.fake_opt.state_dict()["param_groups"]})
+        load_optimizer_tensors(self.fake_opt, pick("opt."), self.fake_opt.state_dict()["param_groups"])
 
     # ---- pieces ------------------------------------------------------------------------------
     def _t(self, b: int, rng: StepRandom, device) -> torch.Tensor:
