@@ -9,7 +9,7 @@ import sys
 
 from . import __version__
 
-COMMANDS = ("info", "train_teacher", "pairs", "distill", "generate", "eval", "train_judge", "demo")
+COMMANDS = ("info", "train_teacher", "pairs", "distill", "export", "generate", "eval", "train_judge", "demo")
 DESCRIPTION = """fewstep distills slow many-step image generators into fast 1-4 step students,
 exports them to engines and measures latency next to quality.
 
@@ -18,6 +18,7 @@ the built-in chain, in order:
   fewstep train-teacher --out DIR   train a flow-matching teacher (the shapes teacher ships with fewstep)
   fewstep pairs --out DIR           teacher ODE solutions (noise, prompt) -> image, for pair-based methods
   fewstep distill METHOD --out DIR  a 1-4 step student: reflow slimflow instaflow guidance consistency progressive dmd
+  fewstep export MODEL --out DIR    an engine bundle: ONNX / OpenVINO / CoreML / TensorRT, fp32 / fp16 / int8, gated
   fewstep generate MODEL --prompt P write a PNG grid (MODEL: a checkpoint path or 'shapes32-teacher')
   fewstep eval MODEL                domain FID / KID and prompt adherence at several step counts
   fewstep demo                      the whole chain on the built-in default

@@ -10,6 +10,11 @@ from PIL import Image, ImageDraw
 from .fsio import atomic_write
 
 
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
+    return np.clip((x.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
 def make_grid(images: np.ndarray, nrow: int | None = None, scale: int = 4, pad: int = 2) -> Image.Image:
     """uint8 (N, H, W, C) -> one PIL image, `nrow` images per row, each upscaled `scale`x (nearest)."""
     if images.ndim != 4 or images.dtype != np.uint8:

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("FEWSTEP_TEST_THREADS", min(2, os.cpu_count() or 1))))
+# exports shared by many bundles (the text encoder's ONNX graph) are cached per machine; tests keep their own
+os.environ.setdefault("FEWSTEP_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "fewstep"))
 
 TINY_UNET = {
     "sample_size": 16,

@@ -43,17 +43,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompts file {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompts file {path} is not UTF-8 text ({e})") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"prompts file {path} does not exist") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"prompts file {path} is not UTF-8 text ({e})") from None
-        prompts += [ln.strip() for ln in text.splitlines() if ln.strip()]
+        prompts += read_prompts_file(args.prompts_file)
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
     return prompts

@@ -16,9 +16,9 @@ import torch
 from .. import __version__
 from ..config import to_dict, to_yaml
 from ..fsio import atomic_write_text
-from ..imaging import captioned_grid, save_png
+from ..imaging import captioned_grid, save_png, to_uint8
 from ..models.checkpoint import CheckpointError
-from ..models.datasets import make_dataset, to_uint8
+from ..models.datasets import make_dataset
 from ..models.loading import load_model, resolve_checkpoint, save_model
 from ..models.pipeline import TorchPipeline, resolve_guidance, sampling_times
 from ..models.samplers import consistency_timesteps, uniform_timesteps

@@ -10,8 +10,8 @@ import torch
 from .. import __version__
 from ..config import to_dict, to_yaml
 from ..fsio import atomic_write_text
-from ..imaging import captioned_grid, save_png
-from ..models.datasets import make_dataset, to_uint8
+from ..imaging import captioned_grid, save_png, to_uint8
+from ..models.datasets import make_dataset
 from ..models.loading import save_model
 from ..models.presets import get_preset
 from ..models.samplers import euler, seeded_noise, uniform_timesteps

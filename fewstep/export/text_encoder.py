@@ -3,7 +3,11 @@ transformers to encode prompts: `tokenizers` + the ONNX graph give the same toke
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -52,3 +56,31 @@ def export_text_encoder(encoder: TextEncoder, out_dir: str | Path) -> tuple[Path
     tok = out / "tokenizer.json"
     shutil.copyfile(tokenizer_json(encoder), tok)
     return onnx_path, tok
+
+
+def cache_dir() -> Path:
+    """Where exports shared by many bundles are kept ($FEWSTEP_CACHE_DIR, default ~/.cache/fewstep)."""
+    return Path(os.environ.get("FEWSTEP_CACHE_DIR") or Path.home() / ".cache" / "fewstep")
+
+
+def cached_text_encoder(encoder: TextEncoder) -> tuple[Path, Path]:
+    """The encoder's ONNX graph + tokenizer.json, exported once per machine and encoder (reused by every bundle)."""
+    key = json.dumps({"spec": encoder.spec, "torch": torch.__version__, "opset": OPSET}, sort_keys=True)
+    folder = cache_dir() / "text-encoders" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    onnx_path, tok = folder / "text_encoder.onnx", folder / "tokenizer.json"
+    if onnx_path.is_file() and tok.is_file() and (folder / "key.json").is_file():
+        return onnx_path, tok
+    tmp = Path(tempfile.mkdtemp(prefix=".text-encoder.", dir=_mkdir(folder.parent)))
+    try:
+        export_text_encoder(encoder, tmp)
+        (tmp / "key.json").write_text(key)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)  # all files appear at once
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return onnx_path, tok
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -8,59 +8,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..imaging import to_uint8
+from ..sampling_rules import resolve_guidance as resolve_sampler_guidance
+from ..sampling_rules import schedule, validate_request
 from .contract import FlowModel
-from .datasets import to_uint8
 from .loading import load_model
-from .samplers import consistency, consistency_timesteps, get_sampler, seeded_noise, seeded_renoise, uniform_timesteps
+from .samplers import consistency, get_sampler, seeded_noise, seeded_renoise
 from .text_encoders import TextEncoder, load_text_encoder
-
-MAX_STEPS = 1000
-MAX_GUIDANCE = 30.0
-MAX_SEED = 2**63 - 1
 
 
 def sampling_times(spec: dict, steps: int | None) -> torch.Tensor:
-    """The model's own schedule (spec['sampler']['timesteps']) or `steps` evenly spaced (consistency: on its grid)."""
-    sampler = spec["sampler"]
-    if steps is None:
-        if "timesteps" in sampler:
-            return torch.tensor(sampler["timesteps"], dtype=torch.float32)
-        steps = int(sampler.get("default_steps", 50))
-    if sampler.get("rule") == "consistency":
-        return consistency_timesteps(steps, int(sampler.get("grid", 1000)))
-    return uniform_timesteps(steps)
+    """The model's own schedule or `steps` evenly spaced (consistency: on its grid); see `sampling_rules`."""
+    return torch.from_numpy(schedule(spec["sampler"], steps))
 
 
 def resolve_guidance(spec: dict, guidance: float | None) -> float:
     """Check a requested CFG scale against the model's guidance mode; None -> its default."""
-    g = spec["sampler"].get("guidance", {"mode": "cfg"})
-    mode = g.get("mode", "cfg")
-    if mode == "none":
-        if guidance not in (None, 1.0):
-            raise ValueError(
-                f"this model has guidance baked in (scale {g.get('baked_scale', '?')}); it takes no --guidance"
-            )
-        return 1.0
-    w = float(g.get("default_scale", 1.0)) if guidance is None else float(guidance)
-    if mode == "embedded":
-        lo, hi = g.get("range", [0.0, MAX_GUIDANCE])
-        if not lo <= w <= hi:
-            raise ValueError(f"this student learned guidance scales in [{lo}, {hi}]; got {w}")
-    return w
-
-
-def validate_request(prompts: list[str], seeds: list[int], steps: int, guidance: float) -> None:
-    if not prompts:
-        raise ValueError("give at least one prompt")
-    if len(seeds) != len(prompts):
-        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
-    if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}]; got {steps!r}")
-    if not 0.0 <= guidance <= MAX_GUIDANCE or guidance != guidance:
-        raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE}] (1 = off); got {guidance!r}")
-    for s in seeds:
-        if not isinstance(s, (int, np.integer)) or not 0 <= int(s) <= MAX_SEED:
-            raise ValueError(f"seeds must be integers in [0, 2^63 - 1]; got {s!r}")
+    return resolve_sampler_guidance(spec["sampler"], guidance)
 
 
 class TorchPipeline:

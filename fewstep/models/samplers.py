@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from ..noise import renoise_np, seeded_noise_np
+from ..sampling_rules import consistency_times, uniform_times
 from .contract import Cond, FlowModel
 
 Callback = Callable[[int, int], None]  # (step index, number of steps)
@@ -18,17 +19,12 @@ Callback = Callable[[int, int], None]  # (step index, number of steps)
 
 def uniform_timesteps(steps: int, shift: float = 1.0) -> torch.Tensor:
     """`steps + 1` times from 1 to 0; `shift` > 1 spends more steps near noise (SD3's time shift)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
-    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    return (shift * t / (1 + (shift - 1) * t)).float()
+    return torch.from_numpy(uniform_times(steps, shift))
 
 
 def consistency_timesteps(steps: int, grid: int) -> torch.Tensor:
     """`steps` consistency sampling times from 1 down, evenly spaced, snapped to the training grid n / grid."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
-    return torch.tensor([round(grid * (1 - i / steps)) / grid for i in range(steps)], dtype=torch.float32)
+    return torch.from_numpy(consistency_times(steps, grid))
 
 
 def check_timesteps(timesteps: torch.Tensor) -> None:

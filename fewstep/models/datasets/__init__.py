@@ -45,11 +45,6 @@ def to_model_range(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
-    return np.clip((x.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
 __all__ = [
     "DATASETS",
     "CaptionedImages",
@@ -60,5 +55,4 @@ __all__ = [
     "ShapesLabel",
     "make_dataset",
     "to_model_range",
-    "to_uint8",
 ]

@@ -1,0 +1,108 @@
+"""Gates every engine must pass before it is written into a bundle.
+
+- parity: the final images the runtime makes with the engine (its text encoder, sampler rule and guidance
+  mode included) against the torch student's, same prompts and seeds; PSNR in dB on [-1, 1] images mapped to
+  [0, 1], with a floor per precision;
+- speed: an fp16 / int8 engine must be faster than the fp32 engine of the same backend on this machine,
+  both timed side by side in one process (interleaved runs, medians).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..runtime.engine import Engine
+
+DEFAULT_MIN_PSNR = {"fp32": 60.0, "fp16": 40.0, "int8": 30.0, "int8w": 35.0, "palette4": 25.0}
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_psnr: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIN_PSNR))
+    parity_prompts: int = 8  # prompts (one seed each) whose final images are compared
+    speed: bool = True  # off: record the timing but never refuse (e.g. exporting for another machine)
+    min_speedup: float = 1.0  # a non-fp32 engine must be at least this much faster than fp32
+    speed_batch: int = 8
+    speed_runs: int = 40
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two image batches in [-1, 1] (clipped, mapped to [0, 1] with peak 1); inf if equal."""
+    x = (np.clip(a, -1, 1) + 1) / 2
+    y = (np.clip(b, -1, 1) + 1) / 2
+    mse = float(np.mean((x.astype(np.float64) - y) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def parity_gate(images: np.ndarray, reference: np.ndarray, precision: str, config: GateConfig) -> dict:
+    floor = config.min_psnr.get(precision, DEFAULT_MIN_PSNR.get(precision, 30.0))
+    value = psnr(images, reference)
+    result = {"psnr_db": round(value, 2) if np.isfinite(value) else 999.0, "min_psnr_db": floor}
+    result["passed"] = bool(value >= floor)
+    if not result["passed"]:
+        result["reason"] = (
+            f"final-image PSNR {value:.1f} dB vs the torch student is below the {precision} floor {floor} dB"
+        )
+    return result
+
+
+def median_ms(run, inputs: dict[str, np.ndarray], runs: int) -> float:
+    run(inputs)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run(inputs)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def side_by_side_ms(engines: dict[str, Engine], inputs: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    """Median latency of each engine on the same inputs, runs interleaved so that machine noise hits all alike."""
+    for e in engines.values():  # warm-up
+        for _ in range(3):
+            e.run(inputs)
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(runs):
+        for k, e in engines.items():
+            t0 = time.perf_counter()
+            e.run(inputs)
+            times[k].append(time.perf_counter() - t0)
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
+def speed_gate(engine: Engine, fp32: Engine, inputs: dict[str, np.ndarray], config: GateConfig) -> dict:
+    ms = side_by_side_ms({"engine": engine, "fp32": fp32}, inputs, config.speed_runs)
+    speedup = ms["fp32"] / ms["engine"]
+    result = {
+        "batch": len(inputs["t"]),
+        "ms": round(ms["engine"], 3),
+        "fp32_ms": round(ms["fp32"], 3),
+        "speedup_vs_fp32": round(speedup, 3),
+        "min_speedup": config.min_speedup,
+        "enforced": config.speed,
+    }
+    result["passed"] = bool(speedup >= config.min_speedup) or not config.speed
+    if speedup < config.min_speedup:
+        note = f"{speedup:.2f}x the fp32 engine's speed at batch {result['batch']} on this machine"
+        result["reason"] = ("not faster than fp32: " if config.speed else "warning (gate off): ") + note
+    return result
+
+
+def speed_inputs(calibration: list[dict[str, np.ndarray]], batch: int) -> dict[str, np.ndarray]:
+    """A realistic batch for timing: calibration rows (the sampler's real inputs) stacked to `batch`."""
+    rows: dict[str, list[np.ndarray]] = {}
+    n = 0
+    for item in calibration:
+        for k, v in item.items():
+            rows.setdefault(k, []).append(v)
+        n += len(item["t"])
+        if n >= batch:
+            break
+    stacked = {k: np.concatenate(v)[:batch] for k, v in rows.items()}
+    if len(stacked["t"]) < batch:  # fewer calibration rows than the batch: repeat them
+        reps = -(-batch // len(stacked["t"]))
+        stacked = {k: np.concatenate([v] * reps)[:batch] for k, v in stacked.items()}
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in stacked.items()}

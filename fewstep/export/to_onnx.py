@@ -1,0 +1,194 @@
+"""ONNX exporter: the denoiser as an ONNX graph with a dynamic batch (fp32), an fp16 copy, and int8 QDQ
+graphs from NNCF post-training quantization (default) or ONNX Runtime's `quantize_static` (for comparison).
+
+Both quantizers get the same calibration data (the student's own sampler inputs, see `calibration.py`) and
+keep the same sensitive layers in float: the first and last convolutions and the time / guidance embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .denoiser import Denoiser
+from .registry import Artifact, ExportContext
+
+OPSET = 20
+PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZERS = ("nncf", "ort")
+# layers kept in float by int8 quantization: parameter-name fragments of the modules they belong to
+SENSITIVE = ("conv_in.", "conv_out.", "time_embedding.")
+MAX_BATCH = 4096
+
+
+def _need_onnx():
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError("ONNX export needs `pip install 'fewstep[export]'` (onnx, onnxscript, onnxruntime)") from e
+    return onnx
+
+
+def export_fp32(denoiser: Denoiser, path: Path) -> Path:
+    """`torch.onnx.export` (dynamo) with a dynamic batch on every input; checked and shape-inferred."""
+    import torch
+
+    onnx = _need_onnx()
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    names = denoiser.input_names
+    with torch.no_grad():
+        torch.onnx.export(
+            denoiser.eval(),
+            denoiser.example_inputs(2),
+            str(path),
+            input_names=names,
+            output_names=[s.name for s in denoiser.outputs],
+            dynamic_shapes={n: {0: batch} for n in names},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    model = strip_metadata(onnx.load(str(path)))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(path))
+    return path
+
+
+def strip_metadata(model):
+    """Drop the exporter's per-node stack traces and name scopes: they doubled the file of a small UNet."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        del value.metadata_props[:]
+    for init in model.graph.initializer:
+        del init.metadata_props[:]
+    return model
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """Weights and compute in fp16, inputs and outputs kept fp32 (the runtime feeds float32 everywhere)."""
+    onnx = _need_onnx()
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def sensitive_nodes(model) -> list[str]:
+    """Names of Conv / Gemm / MatMul nodes whose weights belong to a SENSITIVE module."""
+    keep = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and any(f in i for i in node.input for f in SENSITIVE):
+            keep.append(node.name)
+    return keep
+
+
+def quantize_nncf(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]], keep_float: list[str]) -> dict:
+    """NNCF post-training quantization of the ONNX graph (QDQ, int8 weights per channel)."""
+    onnx = _need_onnx()
+    try:
+        import nncf
+    except ImportError as e:
+        raise ImportError("int8 quantization with NNCF needs `pip install 'fewstep[export]'` (nncf)") from e
+    model = onnx.load(str(src))
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(calibration),
+        model_type=nncf.ModelType.TRANSFORMER,  # lowest error on attention UNets (TOOLCHAIN.md)
+        subset_size=len(calibration),
+        ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False),
+    )
+    onnx.save(quantized, str(dst))
+    return {"quantizer": "nncf", "nncf": nncf.__version__, "model_type": "transformer"}
+
+
+def _prepare_for_ort_quantization(src: Path, dst: Path) -> None:
+    """Dynamo graphs need two fixes first (TOOLCHAIN.md): stale value_info breaks ORT's shape inference, and
+    initializers shared by several nodes (GroupNorm's scale/bias) are refused by `quantize_static`."""
+    onnx = _need_onnx()
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__{node.name}_{k}"
+                model.graph.initializer.append(copy)
+                node.input[k] = copy.name
+            seen.add(name)
+    onnx.save(model, str(dst))
+
+
+class _Reader:
+    """ORT's CalibrationDataReader over a list of input dicts."""
+
+    def __init__(self, items: list[dict[str, np.ndarray]]):
+        self._it = iter(items)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def quantize_ort(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]], keep_float: list[str]) -> dict:
+    """ONNX Runtime static quantization (QDQ): u8 activations x s8 weights per channel (ORT's fast CPU pair)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    prepared = dst.with_name(dst.name + ".prep.onnx")
+    try:
+        _prepare_for_ort_quantization(src, prepared)
+        quantize_static(
+            str(prepared),
+            str(dst),
+            _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            # only the GEMM-heavy ops: quantizing every op (ORT's default) cost ~13 dB of final-image PSNR
+            op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+            nodes_to_exclude=keep_float,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+    return {"quantizer": "ort", "format": "QDQ", "activations": "uint8", "weights": "int8 per channel",
+            "ops": ["Conv", "Gemm", "MatMul"]}  # fmt: skip
+
+
+def export(ctx: ExportContext, precision: str) -> Artifact:
+    if precision not in PRECISIONS:
+        raise ValueError(f"ONNX export writes {', '.join(PRECISIONS)}; got {precision!r}")
+    if ctx.onnx_fp32 is None:
+        ctx.onnx_fp32 = export_fp32(ctx.denoiser, ctx.out_dir / ".denoiser.fp32.tmp.onnx")
+    if precision == "fp32":
+        return Artifact(ctx.onnx_fp32, "onnxruntime", "fp32", {"opset": OPSET})
+    if precision == "fp16":
+        path = to_fp16(ctx.onnx_fp32, ctx.out_dir / ".denoiser.fp16.tmp.onnx")
+        return Artifact(path, "onnxruntime", "fp16", {"opset": OPSET, "io": "float32"})
+    quantizer = ctx.options.get("quantizer", "nncf")
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"unknown int8 quantizer {quantizer!r}; choose {' or '.join(QUANTIZERS)}")
+    if not ctx.calibration:
+        raise ValueError("int8 quantization needs calibration data (the student's sampler inputs)")
+    onnx = _need_onnx()
+    keep = sensitive_nodes(onnx.load(str(ctx.onnx_fp32)))
+    path = ctx.out_dir / f".denoiser.int8.{quantizer}.tmp.onnx"
+    info = (quantize_nncf if quantizer == "nncf" else quantize_ort)(ctx.onnx_fp32, path, ctx.calibration, keep)
+    return Artifact(path, "onnxruntime", "int8", {"opset": OPSET, **info, "kept_float": keep})
+
+
+def can_run() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed (pip install 'fewstep[runtime]')"
+    return None

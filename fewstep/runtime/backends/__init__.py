@@ -1,0 +1,23 @@
+"""Runtime backends behind the `Engine` protocol, imported lazily: each needs only its own inference package."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..engine import BackendUnavailable, Engine
+
+BACKENDS = {
+    "onnxruntime": "fewstep.runtime.backends.onnxruntime",
+    "openvino": "fewstep.runtime.backends.openvino",
+    "coreml": "fewstep.runtime.backends.coreml",
+    "tensorrt": "fewstep.runtime.backends.tensorrt",
+}
+
+
+def load_engine(backend: str, path: Path, entry: dict, **options) -> Engine:
+    """Open an engine file with its backend; `entry` is the bundle manifest's engine entry (inputs, outputs, info)."""
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"no runtime backend {backend!r}; known: {', '.join(BACKENDS)}")
+    module = importlib.import_module(BACKENDS[backend])
+    return module.open_engine(path, entry, **options)

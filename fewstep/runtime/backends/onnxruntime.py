@@ -1,0 +1,51 @@
+"""ONNX Runtime backend: CPU here; CUDA and TensorRT execution providers when onnxruntime-gpu offers them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import BackendUnavailable, check_inputs
+
+# tried in this order when present in the installed onnxruntime build
+PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeEngine:
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        inputs: dict[str, dict],
+        outputs: dict[str, dict],
+        threads: int | None = None,
+        providers: list[str] | None = None,
+    ):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailable("onnxruntime is not installed: pip install 'fewstep[runtime]'") from e
+        available = ort.get_available_providers()
+        chosen = providers or [p for p in PROVIDER_PRIORITY if p in available]
+        unknown = [p for p in chosen if p not in available]
+        if unknown:
+            raise BackendUnavailable(f"onnxruntime here offers {available}; not {unknown}")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=chosen)
+        self.providers = self.session.get_providers()
+        self.inputs, self.outputs = inputs, outputs
+        self._out_names = list(outputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_inputs(inputs, self.inputs)
+        return dict(zip(self._out_names, self.session.run(self._out_names, inputs), strict=True))
+
+
+def open_engine(path: Path, entry: dict, threads: int | None = None, providers: list[str] | None = None):
+    return OnnxRuntimeEngine(path, entry["inputs"], entry["outputs"], threads, providers)

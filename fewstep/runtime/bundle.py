@@ -1,0 +1,75 @@
+"""The engine bundle format (DESIGN.md): a directory with `manifest.json` and the files it lists with sha256.
+
+Shared by the exporter (which writes it) and the runtime (which reads it); stdlib only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+BUNDLE_FORMAT = "fewstep-bundle/1"
+MANIFEST = "manifest.json"
+IN_PROGRESS = ".export-in-progress"  # present while an export writes into the bundle
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the file and what to do."""
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a directory (e.g. an .mlpackage): its files' relative paths and contents in order."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            h.update(bytes.fromhex(sha256_of(f)))
+        return h.hexdigest()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def size_of(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def read_manifest(bundle: str | Path, allow_incomplete: bool = False) -> dict:
+    """Parse `manifest.json`; refuse foreign formats and bundles whose export did not finish."""
+    root = Path(bundle)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} is not a directory (create one with `fewstep export MODEL --out DIR`)")
+    if (root / IN_PROGRESS).exists() and not allow_incomplete:
+        raise BundleError(
+            f"bundle {root} is incomplete: an export into it did not finish; re-run the same `fewstep export`"
+        )
+    if not path.is_file():
+        raise BundleError(f"bundle {root} has no {MANIFEST}: it is not a fewstep bundle or its export did not finish")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON ({e}); re-export the bundle") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{path} has format {got!r}; this fewstep reads {BUNDLE_FORMAT!r}")
+    return manifest
+
+
+def verify_file(root: Path, name: str, sha256: str) -> Path:
+    """The path of a listed bundle file whose content still has its recorded sha256."""
+    path = (root / name).resolve()
+    if root.resolve() not in path.parents:
+        raise BundleError(f"bundle {root} lists {name!r}, which lies outside the bundle")
+    if not path.exists():
+        raise BundleError(f"bundle {root} is missing {name}; re-export it")
+    if sha256_of(path) != sha256:
+        raise BundleError(f"bundle file {path} does not match its sha256 in {MANIFEST}: it was modified or damaged")
+    return path
+
+
+def engine_files(engine: dict) -> dict[str, str]:
+    """{relative file name: sha256} of an engine entry (its main file and companions)."""
+    return dict(engine.get("files", {}))

@@ -1,0 +1,139 @@
+"""`Generator`: prompts + seeds -> images from an engine bundle, with numpy only besides the backend.
+
+The sampler rule, schedule and guidance mode come from the bundle's manifest; the same (prompt, seed) gives
+the same image as the torch student (`TorchPipeline`) within the engine's parity tolerance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..imaging import to_uint8
+from ..noise import renoise_np, seeded_noise_np
+from ..sampling_rules import guidance_mode, resolve_guidance, schedule, validate_request
+from .backends import load_engine
+from .bundle import BundleError, read_manifest, verify_file
+from .engine import BackendUnavailable, Engine
+from .samplers import consistency_np, euler_np
+from .text import RuntimeTextEncoder
+
+# the backend tried first when a bundle holds several engines (overridable with `backend=` / `engine=`)
+BACKEND_PRIORITY = ("tensorrt", "coreml", "onnxruntime", "openvino")
+PRECISION_PRIORITY = ("int8", "fp16", "fp32")
+
+
+def engine_order(engines: list[dict]) -> list[dict]:
+    """Engines in the documented priority: backend first, then the faster precision (all passed their gates)."""
+
+    def rank(e: dict) -> tuple[int, int]:
+        b = BACKEND_PRIORITY.index(e["backend"]) if e["backend"] in BACKEND_PRIORITY else len(BACKEND_PRIORITY)
+        p = PRECISION_PRIORITY.index(e["precision"]) if e["precision"] in PRECISION_PRIORITY else 0
+        return b, p
+
+    return sorted(engines, key=rank)
+
+
+class Generator:
+    """A denoiser engine + the bundle's prompt encoder + the manifest's sampler rule."""
+
+    def __init__(self, manifest: dict, denoiser: Engine, text: RuntimeTextEncoder, engine_entry: dict):
+        self.manifest, self.denoiser, self.text, self.engine_entry = manifest, denoiser, text, engine_entry
+        img = manifest["image"]
+        self.shape = (img["channels"], img["height"], img["width"])
+        self.sampler = manifest["sampler"]
+        self._null: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        engine: str | None = None,
+        backend: str | None = None,
+        threads: int | None = None,
+    ) -> Generator:
+        """Load a bundle (sha256 of every file used is checked); `engine` = an engine id from the manifest,
+        `backend` = restrict to one backend; otherwise the first engine in BACKEND_PRIORITY that loads here."""
+        root = Path(path)
+        manifest = read_manifest(root)
+        candidates = engine_order(manifest.get("engines", []))
+        if engine is not None:
+            candidates = [e for e in candidates if e["id"] == engine]
+            if not candidates:
+                ids = ", ".join(e["id"] for e in manifest.get("engines", []))
+                raise BundleError(f"bundle {root} has no engine {engine!r}; it has: {ids or 'none'}")
+        if backend is not None:
+            candidates = [e for e in candidates if e["backend"] == backend]
+            if not candidates:
+                raise BundleError(f"bundle {root} has no {backend} engine; export one with --to")
+        if not candidates:
+            raise BundleError(f"bundle {root} holds no engine that passed its gates; see 'refused' in its manifest")
+        te = manifest["text_encoder"]
+        text = RuntimeTextEncoder(
+            verify_file(root, te["file"], te["sha256"]),
+            verify_file(root, te["tokenizer"], te["tokenizer_sha256"]),
+            te,
+            threads,
+        )
+        reasons = []
+        for entry in candidates:
+            paths = [verify_file(root, name, sha) for name, sha in entry["files"].items()]
+            try:
+                return cls(manifest, load_engine(entry["backend"], paths[0], entry, threads=threads), text, entry)
+            except BackendUnavailable as e:
+                reasons.append(f"{entry['id']}: {e}")
+        raise BackendUnavailable("no engine of this bundle can run here: " + "; ".join(reasons))
+
+    @property
+    def guidance_mode(self) -> str:
+        return guidance_mode(self.sampler)
+
+    def _null_cond(self, batch: int) -> dict[str, np.ndarray]:
+        if self._null is None:
+            self._null = self.text.encode([""])
+        return {k: np.repeat(v, batch, axis=0) for k, v in self._null.items()}
+
+    def velocity(self, x: np.ndarray, t: np.ndarray, cond: dict[str, np.ndarray]) -> np.ndarray:
+        return self.denoiser.run({"x": x, "t": t, **cond})["v"]
+
+    def sample(self, cond: dict[str, np.ndarray], seeds: list[int], times: np.ndarray, guidance: float) -> np.ndarray:
+        """Run the bundle's sampler rule on encoded prompts -> x0 float32 (B, C, H, W) in about [-1, 1]."""
+        noise = seeded_noise_np(seeds, self.shape)
+        mode = self.guidance_mode
+        if mode == "embedded":
+            cond = {**cond, "guidance": np.full(len(seeds), guidance, np.float32)}
+        if self.sampler.get("rule") == "consistency":
+            return consistency_np(self.velocity, noise, times, cond, lambda i: renoise_np(seeds, self.shape, i))
+        if mode == "cfg" and guidance != 1.0:
+            return euler_np(self.velocity, noise, times, cond, guidance, self._null_cond(len(seeds)))
+        return euler_np(self.velocity, noise, times, cond)
+
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int | None = None,
+        guidance: float | None = None,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """-> uint8 (N, H, W, C). `steps` None = the student's own schedule."""
+        return to_uint8(self.generate_float(prompts, seeds, steps, guidance, batch_size))
+
+    def generate_float(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        steps: int | None = None,
+        guidance: float | None = None,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """-> float32 (N, C, H, W) before quantization to uint8 (what the parity gate compares)."""
+        w = resolve_guidance(self.sampler, guidance)
+        validate_request(prompts, seeds, 1 if steps is None else steps, w)
+        times = schedule(self.sampler, steps)
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            p, s = prompts[i : i + batch_size], seeds[i : i + batch_size]
+            out.append(self.sample(self.text.encode(p), s, times, w))
+        return np.concatenate(out)

@@ -1,0 +1,281 @@
+"""Export to engine bundles: parity of every CPU backend with torch for each sampler rule and guidance mode,
+calibration from the student's own sampler, gates, bundle round trip, sha256 checks, idempotent re-export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny_spec
+from tests.distill_fixtures import TINY_TEACHER
+
+pytest.importorskip("onnxscript", reason="export needs the export extra: pip install 'fewstep[export]'")
+pytest.importorskip("openvino", reason="export needs the export extra: pip install 'fewstep[export]'")
+
+from fewstep.export.bundle import BundleExport, ExportError
+from fewstep.export.config import ExportConfig
+from fewstep.models.loading import save_model
+from fewstep.models.pipeline import TorchPipeline
+from fewstep.models.unet_flow import build_unet_flow
+from fewstep.runtime import Generator
+from fewstep.runtime.bundle import IN_PROGRESS, BundleError, read_manifest
+
+PROMPTS = ["a red circle on the left", "a picture of a small blue square above a green cross", ""]
+
+# sampler rule x guidance mode, each a tiny student spec
+MODES = {
+    "euler-cfg": (
+        {},
+        {"rule": "euler", "timesteps": [1.0, 0.5, 0.0], "guidance": {"mode": "cfg", "default_scale": 3.0}},
+    ),
+    "euler-embedded": (
+        {"time_cond_proj_dim": 8},
+        {
+            "rule": "euler",
+            "timesteps": [1.0, 0.0],
+            "guidance": {"mode": "embedded", "default_scale": 2.5, "range": [1.0, 6.0]},
+        },
+    ),
+    "euler-none": ({}, {"rule": "euler", "timesteps": [1.0, 0.0], "guidance": {"mode": "none", "baked_scale": 3.0}}),
+    "consistency-none": (
+        {},
+        {"rule": "consistency", "timesteps": [1.0, 0.5], "grid": 50, "guidance": {"mode": "none", "baked_scale": 3.0}},
+    ),
+}
+FAST = {"speed_gate": False, "speed_runs": 3, "parity_prompts": 3, "calibration_prompts": 6, "max_batch": 4}
+
+
+def _checkpoint(root, mode: str):
+    unet_extra, sampler = MODES[mode]
+    unet = dict(TINY_TEACHER, **unet_extra)
+    torch.manual_seed(1)
+    path = root / f"{mode}.safetensors"
+    save_model(path, build_unet_flow(unet), tiny_spec(unet, name=f"tiny-{mode}", role="student", sampler=sampler))
+    return path
+
+
+def _export(ckpt, out, **cfg):
+    return BundleExport(str(ckpt), out, ExportConfig(**{**FAST, **cfg}), "test", log=lambda _m: None).run()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export-ckpts")
+    return {m: _checkpoint(root, m) for m in MODES}
+
+
+@pytest.fixture(scope="module")
+def cfg_bundle(ckpts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "cfg"
+    return out, _export(ckpts["euler-cfg"], out, to=("onnx", "openvino"), precision=("fp32", "int8"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_cpu_backend_matches_torch_for_each_rule_and_guidance_mode(ckpts, tmp_path, mode):
+    manifest = _export(ckpts[mode], tmp_path / "b", to=("onnx", "openvino"), precision=("fp32",))
+    assert [e["id"] for e in manifest["engines"]] == ["onnx-fp32", "openvino-fp32"]
+    pipe = TorchPipeline.from_checkpoint(ckpts[mode])
+    seeds = [5, 6, 7]
+    ref = pipe.generate(PROMPTS, seeds)
+    for engine in manifest["engines"]:
+        assert engine["gates"]["parity"]["passed"] and engine["gates"]["parity"]["psnr_db"] >= 60
+        gen = Generator.from_bundle(tmp_path / "b", engine=engine["id"])
+        out = gen.generate(PROMPTS, seeds)
+        assert out.shape == ref.shape and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1, engine["id"]
+    if mode == "euler-embedded":  # the w input reaches the engine: another scale, another image
+        gen = Generator.from_bundle(tmp_path / "b", engine="onnx-fp32")
+        other = pipe.generate(PROMPTS, seeds, guidance=5.0)
+        assert np.abs(gen.generate(PROMPTS, seeds, guidance=5.0).astype(int) - other.astype(int)).max() <= 1
+        assert not np.array_equal(other, ref)
+        assert "guidance" in manifest["engines"][0]["inputs"]
+
+
+@pytest.mark.slow
+def test_int8_calibration_covers_every_timestep_and_both_cfg_branches(cfg_bundle):
+    _, manifest = cfg_bundle
+    int8 = {e["id"]: e for e in manifest["engines"] + manifest["refused"]}
+    assert {"onnx-int8-nncf", "openvino-int8"} <= set(int8)
+    written = [e for e in manifest["engines"] if e["precision"] == "int8"]
+    assert written, "no int8 engine passed its gates"
+    calib = written[0]["calibration"]
+    assert calib["timesteps"] == [1.0, 0.5]  # the student's schedule minus its final t = 0
+    assert calib["guidance_mode"] == "cfg"
+    assert calib["samples"] == 2 * 2 * FAST["calibration_prompts"]  # 2 steps x (cond + uncond) x prompts
+    assert written[0]["info"]["kept_float"]  # first/last conv and time embedding stay in float
+
+
+def test_calibration_records_null_and_conditional_rows(ckpts):
+    from fewstep.export.calibration import record_sampler_inputs
+
+    pipe = TorchPipeline.from_checkpoint(ckpts["euler-cfg"])
+    calls, summary = record_sampler_inputs(pipe, ["a red circle", "a blue square"], [0, 1])
+    assert summary["calls"] == 2 and all(len(c["t"]) == 4 for c in calls)  # one batched call per step
+    null = pipe.encoder.encode([""]).text[0].numpy()
+    np.testing.assert_allclose(calls[0]["text"][0], null, atol=1e-6)  # first half: the unconditional branch
+    assert not np.allclose(calls[0]["text"][2], null)
+
+
+@pytest.mark.slow
+def test_bundle_round_trip_and_tampered_file_refused_by_name(cfg_bundle, tmp_path):
+    import shutil
+
+    src, manifest = cfg_bundle
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    m = read_manifest(out)
+    assert m["format"] == "fewstep-bundle/1" and m["model"]["source_sha256"] == manifest["model"]["source_sha256"]
+    assert m["sampler"]["timesteps"] == [1.0, 0.5, 0.0] and m["sampler"]["guidance"]["mode"] == "cfg"
+    assert {"text_encoder.onnx", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    Generator.from_bundle(out, engine="onnx-fp32").generate(["a red circle"], [0])
+    engine_file = out / next(iter(m["engines"][0]["files"]))
+    data = bytearray(engine_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    engine_file.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=engine_file.name):
+        Generator.from_bundle(out, engine=m["engines"][0]["id"])
+
+
+@pytest.mark.slow
+def test_reexport_reuses_valid_engines_and_rewrites_nothing(ckpts, tmp_path):
+    out = tmp_path / "b"
+    first = _export(ckpts["euler-none"], out, to=("onnx",), precision=("fp32",))
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    second = _export(ckpts["euler-none"], out, to=("onnx",), precision=("fp32",))
+    assert second["engines"] == first["engines"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "manifest.json"} == {
+        k: v for k, v in stamp.items() if k != "manifest.json"
+    }
+    # a damaged engine is rebuilt; another checkpoint into the same bundle is refused without --force
+    engine_file = out / next(iter(first["engines"][0]["files"]))
+    engine_file.write_bytes(b"broken")
+    third = _export(ckpts["euler-none"], out, to=("onnx",), precision=("fp32",))
+    assert third["engines"][0]["files"] == first["engines"][0]["files"] or third["engines"][0]["gates"]
+    Generator.from_bundle(out).generate(["a red circle"], [0])
+    with pytest.raises(ExportError, match="another checkpoint"):
+        _export(ckpts["euler-cfg"], out, to=("onnx",), precision=("fp32",))
+
+
+@pytest.mark.slow
+def test_interrupted_export_never_looks_complete(ckpts, tmp_path, monkeypatch):
+    from fewstep.export import to_openvino
+
+    out = tmp_path / "b"
+
+    def crash(ctx, precision):
+        raise KeyboardInterrupt  # a kill in the middle of the second engine
+
+    monkeypatch.setattr(to_openvino, "export", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _export(ckpts["euler-none"], out, to=("onnx", "openvino"), precision=("fp32",))
+    assert (out / IN_PROGRESS).exists()
+    with pytest.raises(BundleError, match="incomplete"):
+        Generator.from_bundle(out)
+    monkeypatch.undo()
+    manifest = _export(ckpts["euler-none"], out, to=("onnx", "openvino"), precision=("fp32",))
+    assert not (out / IN_PROGRESS).exists() and len(manifest["engines"]) == 2
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.slow
+def test_parity_gate_refuses_a_broken_engine(ckpts, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    from fewstep.export import to_onnx
+
+    real = to_onnx.to_fp16
+
+    def broken_fp16(src, dst):  # an "fp16" engine whose output layer is damaged
+        real(src, dst)
+        model = onnx.load(str(dst))
+        for init in model.graph.initializer:
+            if "conv_out.weight" in init.name:
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3, init.name))
+        onnx.save(model, str(dst))
+        return dst
+
+    monkeypatch.setattr(to_onnx, "to_fp16", broken_fp16)
+    manifest = _export(ckpts["euler-none"], tmp_path / "b", to=("onnx",), precision=("fp32", "fp16"))
+    assert [e["id"] for e in manifest["engines"]] == ["onnx-fp32"]
+    (refused,) = manifest["refused"]
+    assert refused["id"] == "onnx-fp16" and "PSNR" in refused["reason"]
+    assert not list((tmp_path / "b").glob("denoiser.onnx-fp16*"))
+
+
+def test_speed_gate_refuses_an_engine_slower_than_fp32():
+    import time
+
+    from fewstep.export.gates import GateConfig, speed_gate
+
+    class Sleeper:
+        def __init__(self, seconds):
+            self.seconds = seconds
+
+        def run(self, inputs):
+            time.sleep(self.seconds)
+            return {"v": inputs["x"]}
+
+    inputs = {"x": np.zeros((8, 3, 4, 4), np.float32), "t": np.ones(8, np.float32)}
+    slow = speed_gate(Sleeper(0.004), Sleeper(0.001), inputs, GateConfig(speed_runs=5))
+    assert not slow["passed"] and "not faster than fp32" in slow["reason"]
+    fast = speed_gate(Sleeper(0.001), Sleeper(0.004), inputs, GateConfig(speed_runs=5))
+    assert fast["passed"] and fast["speedup_vs_fp32"] > 2
+    off = speed_gate(Sleeper(0.004), Sleeper(0.001), inputs, GateConfig(speed=False, speed_runs=5))
+    assert off["passed"] and "gate off" in off["reason"]
+
+
+@pytest.mark.slow
+def test_bundled_tokenizer_and_text_encoder_match_torch(cfg_bundle, encoder):
+    from fewstep.runtime.text import PromptTooLongError, RuntimeTextEncoder
+
+    root, manifest = cfg_bundle
+    te = manifest["text_encoder"]
+    rt = RuntimeTextEncoder(root / te["file"], root / te["tokenizer"], te)
+    out = rt.encode(PROMPTS)
+    ref = encoder.encode(PROMPTS)
+    np.testing.assert_array_equal(out["text_mask"], ref.text_mask.numpy())
+    np.testing.assert_allclose(out["text"], ref.text.numpy(), atol=5e-4)
+    with pytest.raises(PromptTooLongError, match="at most 32"):
+        rt.encode(["a red circle " * 20])
+
+
+def test_bad_export_requests_are_clear(ckpts, tmp_path):
+    from fewstep.config import ConfigError
+
+    with pytest.raises(ExportError, match="unknown export target 'onnxx'"):
+        _export(ckpts["euler-none"], tmp_path / "b", to=("onnxx",))
+    with pytest.raises(ExportError, match="coreml writes none of"):
+        _export(ckpts["euler-none"], tmp_path / "b", to=("coreml",), precision=("int8",))
+    with pytest.raises(ConfigError, match="quantizer"):
+        ExportConfig(quantizer=("tflite",))
+
+
+def test_export_cli_prints_config_and_help(capsys):
+    from fewstep.cli import main
+
+    assert main(["export", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "quantizer:" in text and "min_psnr_int8: 30.0" in text
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "precisions per target" in capsys.readouterr().out
+
+
+def test_export_cli_missing_model_is_one_clear_line(capsys):
+    from fewstep.cli import main
+
+    assert main(["export", "--out", "x"]) == 2
+    assert "give a MODEL and --out DIR" in capsys.readouterr().err
+
+
+def test_manifest_is_json_with_command(cfg_bundle):
+    root, _ = cfg_bundle
+    m = json.loads((root / "manifest.json").read_text())
+    assert m["created_by"]["command"] == "test" and m["created_by"]["fewstep"]
+    assert os.path.exists(root / m["text_encoder"]["file"])
