@@ -6,6 +6,7 @@ from .compress.trainer import TrainingDivergedError
 from .config import ConfigError
 from .models.checkpoint import CheckpointError
 from .models.datasets.imagefolder import ImageFolderError
+from .runtime.engine import BackendUnavailable
 
 # TrainingDivergedError is a RuntimeError with a message that says what to do; set FEWSTEP_DEBUG=1 for tracebacks.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -17,4 +18,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     TrainingDivergedError,
     NotImplementedError,
+    BackendUnavailable,
+    ImportError,  # an optional dependency that is missing: our messages name the extra to install
 )

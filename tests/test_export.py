@@ -252,6 +252,12 @@ def test_bad_export_requests_are_clear(ckpts, tmp_path):
         _export(ckpts["euler-none"], tmp_path / "b", to=("onnxx",))
     with pytest.raises(ExportError, match="coreml writes none of"):
         _export(ckpts["euler-none"], tmp_path / "b", to=("coreml",), precision=("int8",))
+    from fewstep.export.to_tensorrt import can_run
+
+    if can_run():  # no GPU / no TensorRT here: refused before any work, with the reason
+        with pytest.raises(ExportError, match="built on the NVIDIA GPU"):
+            _export(ckpts["euler-none"], tmp_path / "b", to=("tensorrt",), precision=("fp16",))
+        assert not (tmp_path / "b").exists()
     with pytest.raises(ConfigError, match="quantizer"):
         ExportConfig(quantizer=("tflite",))
 
@@ -279,3 +285,17 @@ def test_manifest_is_json_with_command(cfg_bundle):
     m = json.loads((root / "manifest.json").read_text())
     assert m["created_by"]["command"] == "test" and m["created_by"]["fewstep"]
     assert os.path.exists(root / m["text_encoder"]["file"])
+
+
+@pytest.mark.slow
+def test_generate_cli_runs_a_bundle_torch_free_path(cfg_bundle, tmp_path, capsys):
+    from fewstep.cli import main
+
+    root, _ = cfg_bundle
+    out = tmp_path / "grid.png"
+    args = ["generate", str(root), "--prompt", "a red circle", "--seeds", "0,1", "--out", str(out)]
+    assert main([*args, "--engine", "openvino-fp32"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "engine openvino-fp32" in text and "guidance 3 (cfg)" in text
+    assert main([*args, "--engine", "nope"]) == 2
+    assert "has no engine 'nope'" in capsys.readouterr().err

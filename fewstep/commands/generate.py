@@ -10,6 +10,7 @@ EPILOG = """examples:
   fewstep generate shapes32-teacher --prompt "a red circle to the left of a blue square" --out grid.png
   fewstep generate runs/teacher/model.safetensors --prompts-file prompts.txt --seeds 0,1,2,3 --steps 4
   fewstep generate shapes32-teacher --prompt "a green cross at the top" --steps 50 --guidance 1   # no CFG
+  fewstep generate bundles/slimflow --prompt "a red circle" --engine onnx-fp32     # a bundle, torch-free runtime
 
 MODEL is a checkpoint file, a run directory, or a shipped model name (`fewstep info` lists them).
 Rows of the grid are prompts, columns are seeds."""
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("model", help="checkpoint path, run directory or shipped model name")
+    p.add_argument("model", help="checkpoint path, run directory, shipped model name, or an engine bundle directory")
+    p.add_argument("--engine", help="for a bundle: the engine id to run (default: the first that loads here)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument("--prompts-file", help="UTF-8 text file, one prompt per line")
     p.add_argument(
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=("euler", "heun"), default=None, help="ODE solver (default: the model's own)")
     p.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the grid's tiles (default 4)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="CPU threads (torch, or the bundle's engine)")
     p.set_defaults(run=run)
 
 
@@ -65,32 +67,42 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..imaging import captioned_grid, save_png
-    from ..models.pipeline import TorchPipeline
+    from ..sampling_rules import guidance_mode, resolve_guidance, schedule
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     prompts = read_prompts(args)
-    pipe = TorchPipeline.from_checkpoint(args.model)
-    steps = args.steps
     rows = [p for p in prompts for _ in args.seeds]
     seeds = [s for _ in prompts for s in args.seeds]
-    images = pipe.generate(rows, seeds, steps=steps, guidance=args.guidance, sampler=args.sampler)
-    path = save_png(captioned_grid(images, prompts, nrow=len(args.seeds), scale=args.scale), args.out)
-    from ..models.pipeline import resolve_guidance, sampling_times
+    if (Path(args.model) / "manifest.json").is_file():  # an engine bundle: the torch-free runtime
+        if args.sampler:
+            raise ValueError("an engine bundle samples with its own rule; leave --sampler out")
+        from ..runtime import Generator
 
-    w = resolve_guidance(pipe.spec, args.guidance)
-    rule = args.sampler or pipe.spec["sampler"].get("rule", "euler")
-    n = len(sampling_times(pipe.spec, steps)) - (0 if rule == "consistency" else 1)
+        gen = Generator.from_bundle(args.model, engine=args.engine, threads=args.threads)
+        images = gen.generate(rows, seeds, steps=args.steps, guidance=args.guidance)
+        sampler, source = gen.sampler, f"engine {gen.engine_entry['id']}"
+    else:
+        import torch
+
+        from ..models.pipeline import TorchPipeline
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        pipe = TorchPipeline.from_checkpoint(args.model)
+        images = pipe.generate(rows, seeds, steps=args.steps, guidance=args.guidance, sampler=args.sampler)
+        sampler, source = pipe.spec["sampler"], "torch"
+    path = save_png(captioned_grid(images, prompts, nrow=len(args.seeds), scale=args.scale), args.out)
+    w = resolve_guidance(sampler, args.guidance)
+    rule = args.sampler or sampler.get("rule", "euler")
+    n = len(schedule(sampler, args.steps)) - (0 if rule == "consistency" else 1)
+    mode = guidance_mode(sampler)
     print(
-        f"wrote {path}: {len(prompts)} prompt(s) x {len(args.seeds)} seed(s), "
-        f"{rule} {n} step(s), "
+        f"wrote {path}: {len(prompts)} prompt(s) x {len(args.seeds)} seed(s), {rule} {n} step(s), "
         + (
-            f"guidance baked in (w {pipe.spec['sampler']['guidance'].get('baked_scale', '?')})"
-            if pipe.guidance_mode == "none"
-            else f"guidance {w:g} ({pipe.guidance_mode})"
+            f"guidance baked in (w {sampler['guidance'].get('baked_scale', '?')})"
+            if mode == "none"
+            else f"guidance {w:g} ({mode})"
         )
+        + f", {source}"
     )
     return 0

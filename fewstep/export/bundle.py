@@ -35,6 +35,7 @@ from .gates import parity_gate, speed_gate, speed_inputs
 from .registry import RUNTIME_BACKEND, Artifact, ExportContext, get_exporter
 from .text_encoder import cached_text_encoder
 
+BUILD_WHERE_THEY_RUN = ("tensorrt", "torch-tensorrt")  # engines tuned to (and only loadable on) their GPU
 PARITY_SEED = 4321  # prompts for the parity gate: a shapes seed apart from calibration (1234) and evaluation
 
 
@@ -55,6 +56,8 @@ def plan_engines(cfg: ExportConfig) -> tuple[list[tuple[str, str, str | None]], 
     jobs, notes = [], []
     for target in cfg.to:
         exporter_precisions = _precisions(target)
+        if target in BUILD_WHERE_THEY_RUN and (why := get_exporter(target).can_run()):
+            raise ExportError(f"{target} engines are built on the NVIDIA GPU that will run them; here: {why}")
         wanted = [p for p in cfg.precision if p in exporter_precisions]
         skipped = [p for p in cfg.precision if p not in exporter_precisions]
         if skipped:
@@ -280,13 +283,14 @@ class BundleExport:
         return names
 
     def _qdq_onnx(self, ctx: ExportContext) -> Path:
-        """TensorRT int8 is built from an explicitly quantized (Q/DQ) ONNX graph: NNCF's."""
+        """TensorRT int8 is built from an explicitly quantized (Q/DQ) ONNX graph: NNCF's, symmetric (TensorRT
+        accepts only zero points of 0)."""
         from .to_onnx import export as onnx_export
 
-        saved = ctx.options.get("quantizer")
-        ctx.options["quantizer"] = "nncf"
+        saved = dict(ctx.options)
+        ctx.options.update(quantizer="nncf", symmetric=True)
         art = onnx_export(ctx, "int8")
-        ctx.options["quantizer"] = saved
+        ctx.options = saved
         return art.path
 
     def _gates(self, ctx: ExportContext, exporter, entry: dict, text: dict, fp32_engines: dict, target: str) -> dict:

@@ -12,18 +12,18 @@ from .gates import DEFAULT_MIN_PSNR, GateConfig
 class ExportConfig:
     to: tuple[str, ...] = ("onnx", "openvino")  # onnx | openvino | coreml | tensorrt | torch-tensorrt
     precision: tuple[str, ...] = ("fp32", "fp16", "int8")  # per backend, those it supports (others are noted)
-    quantizer: tuple[str, ...] = ("nncf",)  # int8 ONNX quantizers: nncf | ort (give both to compare them)
+    quantizer: tuple[str, ...] = ("nncf", "ort")  # int8 ONNX quantizers, each gated: nncf | ort
     calibration_prompts: int = 64  # prompts (one seed each) run through the student's sampler for int8
     calibration_dataset: str = "shapes"  # captions of a built-in set: shapes | digits
     calibration_prompts_file: str | None = None  # or your own prompts, one per line (UTF-8)
-    parity_prompts: int = 8  # prompts whose final images are compared with the torch student
+    parity_prompts: int = 32  # prompts (one seed each) whose final images are compared with the torch student
     min_psnr_fp32: float = DEFAULT_MIN_PSNR["fp32"]  # parity floors (dB) per precision
     min_psnr_fp16: float = DEFAULT_MIN_PSNR["fp16"]
     min_psnr_int8: float = DEFAULT_MIN_PSNR["int8"]
     min_psnr_int8w: float = DEFAULT_MIN_PSNR["int8w"]
     min_psnr_palette4: float = DEFAULT_MIN_PSNR["palette4"]
     speed_gate: bool = True  # refuse fp16/int8 engines not faster than fp32 here (false: record only)
-    min_speedup: float = 1.0  # the speed gate's threshold
+    min_speedup: float = 1.05  # the speed gate: at least 5% faster than fp32, beyond timing noise
     speed_batch: int = 8  # batch size the speed gate times
     speed_runs: int = 40  # interleaved timed runs per engine
     max_batch: int = 16  # images per request the engines must take (CFG engines get 2x; TensorRT profiles, Triton)

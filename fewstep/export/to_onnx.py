@@ -87,8 +87,11 @@ def sensitive_nodes(model) -> list[str]:
     return keep
 
 
-def quantize_nncf(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]], keep_float: list[str]) -> dict:
-    """NNCF post-training quantization of the ONNX graph (QDQ, int8 weights per channel)."""
+def quantize_nncf(
+    src: Path, dst: Path, calibration: list[dict[str, np.ndarray]], keep_float: list[str], symmetric: bool = False
+) -> dict:
+    """NNCF post-training quantization of the ONNX graph (QDQ, int8 weights per channel). `symmetric`: all
+    zero points 0 (NNCF's PERFORMANCE preset), which TensorRT's explicit quantization requires."""
     onnx = _need_onnx()
     try:
         import nncf
@@ -99,11 +102,13 @@ def quantize_nncf(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
         model,
         nncf.Dataset(calibration),
         model_type=nncf.ModelType.TRANSFORMER,  # lowest error on attention UNets (TOOLCHAIN.md)
+        preset=nncf.QuantizationPreset.PERFORMANCE if symmetric else None,  # None: the model type's (MIXED)
         subset_size=len(calibration),
         ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False),
     )
     onnx.save(quantized, str(dst))
-    return {"quantizer": "nncf", "nncf": nncf.__version__, "model_type": "transformer"}
+    return {"quantizer": "nncf", "nncf": nncf.__version__, "model_type": "transformer",
+            "preset": "performance" if symmetric else "mixed"}  # fmt: skip
 
 
 def _prepare_for_ort_quantization(src: Path, dst: Path) -> None:
@@ -182,7 +187,10 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
     onnx = _need_onnx()
     keep = sensitive_nodes(onnx.load(str(ctx.onnx_fp32)))
     path = ctx.out_dir / f".denoiser.int8.{quantizer}.tmp.onnx"
-    info = (quantize_nncf if quantizer == "nncf" else quantize_ort)(ctx.onnx_fp32, path, ctx.calibration, keep)
+    if quantizer == "nncf":
+        info = quantize_nncf(ctx.onnx_fp32, path, ctx.calibration, keep, symmetric=ctx.options.get("symmetric", False))
+    else:
+        info = quantize_ort(ctx.onnx_fp32, path, ctx.calibration, keep)
     return Artifact(path, "onnxruntime", "int8", {"opset": OPSET, **info, "kept_float": keep})
 
 
