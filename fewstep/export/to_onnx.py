@@ -7,6 +7,7 @@ keep the same sensitive layers in float: the first and last convolutions and the
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,7 @@ def quantize_nncf(
         import nncf
     except ImportError as e:
         raise ImportError("int8 quantization with NNCF needs `pip install 'fewstep[export]'` (nncf)") from e
+    nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the export log
     model = onnx.load(str(src))
     quantized = nncf.quantize(
         model,

@@ -3,6 +3,7 @@ int8 (NNCF post-training quantization on the IR with the sampler's calibration d
 
 from __future__ import annotations
 
+import logging
 import re
 
 from .registry import Artifact, ExportContext
@@ -31,6 +32,7 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
         import nncf
         import onnx
 
+        nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the export log
         if precision == "int8":
             if not ctx.calibration:
                 raise ValueError("int8 quantization needs calibration data (the student's sampler inputs)")
