@@ -299,3 +299,24 @@ def test_generate_cli_runs_a_bundle_torch_free_path(cfg_bundle, tmp_path, capsys
     assert out.is_file() and "engine openvino-fp32" in text and "guidance 3 (cfg)" in text
     assert main([*args, "--engine", "nope"]) == 2
     assert "has no engine 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_runtime_generates_from_a_bundle_with_torch_unimportable(cfg_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    root, _ = cfg_bundle
+    code = (
+        "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'diffusers', 'transformers')]\n"
+        "import numpy as np\n"
+        "from fewstep.runtime import Generator\n"
+        f"gen = Generator.from_bundle({str(root)!r}, engine='onnx-fp32')\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, gen.generate({PROMPTS!r}, [5, 6, 7]))\n"
+        "assert not {m for m in ('torch', 'diffusers', 'transformers') if sys.modules.get(m) is not None}\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ckpt = TorchPipeline.from_checkpoint(read_manifest(root)["model"]["source"])
+    ref = ckpt.generate(PROMPTS, [5, 6, 7])
+    assert np.abs(np.load(tmp_path / "out.npy").astype(int) - ref.astype(int)).max() <= 1
