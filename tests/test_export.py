@@ -320,3 +320,26 @@ def test_runtime_generates_from_a_bundle_with_torch_unimportable(cfg_bundle, tmp
     ckpt = TorchPipeline.from_checkpoint(read_manifest(root)["model"]["source"])
     ref = ckpt.generate(PROMPTS, [5, 6, 7])
     assert np.abs(np.load(tmp_path / "out.npy").astype(int) - ref.astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_bench_cli_reports_latency_stages_cold_start_and_edge_profiles(cfg_bundle, tmp_path, capsys):
+    from fewstep.cli import main
+
+    root, _ = cfg_bundle
+    out = tmp_path / "bench.json"
+    args = ["bench", str(root), "--engine", "onnx-fp32", "--batch-sizes", "1,2", "--runs", "3", "--warmup", "1"]
+    assert main([*args, "--edge", "--teacher", "none", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [b["batch"] for b in r["batches"]] == [1, 2] and r["backend"] == "onnxruntime"
+    b1 = r["batches"][0]
+    assert b1["p50_ms"] <= b1["p90_ms"] <= b1["p99_ms"] and b1["images_per_s"] > 0
+    # two Euler steps with CFG: text, both denoiser steps, decoding and PNG encoding are timed separately
+    assert {"text_encode", "denoise_step_1", "denoise_step_2", "decode", "image_encode_png"} <= set(b1["stages_p50_ms"])
+    assert r["cold_start"]["ok"] and r["cold_start"]["first_image_s"] > 0 and r["cold_start"]["peak_rss_mb"] > 0
+    assert [e["profile"] for e in r["edge_profiles"]] == ["server-2t", "edge-1t-1g", "phone-1t-512m"]
+    assert all("not the device's" in e["emulated"] for e in r["edge_profiles"])
+    (student,) = r["torch"]
+    assert student["system"].startswith("torch student") and student["runtime_speedup"] > 0
+    assert "cold start" in capsys.readouterr().out
+    assert main(["bench", str(root), "--runs", "0"]) == 2

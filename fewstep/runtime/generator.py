@@ -6,6 +6,7 @@ the same image as the torch student (`TorchPipeline`) within the engine's parity
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,12 @@ class Generator:
         self.shape = (img["channels"], img["height"], img["width"])
         self.sampler = manifest["sampler"]
         self._null: dict[str, np.ndarray] | None = None
+        # seconds per stage of the last generate call: text_encode, denoise_step_1..n, decode
+        self.stage_times: dict[str, float] = {}
+        self._step = 0
+
+    def _record(self, stage: str, since: float) -> None:
+        self.stage_times[stage] = self.stage_times.get(stage, 0.0) + time.perf_counter() - since
 
     @classmethod
     def from_bundle(
@@ -52,9 +59,11 @@ class Generator:
         engine: str | None = None,
         backend: str | None = None,
         threads: int | None = None,
+        **engine_options,
     ) -> Generator:
         """Load a bundle (sha256 of every file used is checked); `engine` = an engine id from the manifest,
-        `backend` = restrict to one backend; otherwise the first engine in BACKEND_PRIORITY that loads here."""
+        `backend` = restrict to one backend; otherwise the first engine in BACKEND_PRIORITY that loads here.
+        `engine_options` go to the backend (e.g. compute_units for CoreML, providers for ONNX Runtime)."""
         root = Path(path)
         manifest = read_manifest(root)
         candidates = engine_order(manifest.get("engines", []))
@@ -80,7 +89,8 @@ class Generator:
         for entry in candidates:
             paths = [verify_file(root, name, sha) for name, sha in entry["files"].items()]
             try:
-                return cls(manifest, load_engine(entry["backend"], paths[0], entry, threads=threads), text, entry)
+                engine_obj = load_engine(entry["backend"], paths[0], entry, threads=threads, **engine_options)
+                return cls(manifest, engine_obj, text, entry)
             except BackendUnavailable as e:
                 reasons.append(f"{entry['id']}: {e}")
         raise BackendUnavailable("no engine of this bundle can run here: " + "; ".join(reasons))
@@ -95,11 +105,16 @@ class Generator:
         return {k: np.repeat(v, batch, axis=0) for k, v in self._null.items()}
 
     def velocity(self, x: np.ndarray, t: np.ndarray, cond: dict[str, np.ndarray]) -> np.ndarray:
-        return self.denoiser.run({"x": x, "t": t, **cond})["v"]
+        t0 = time.perf_counter()
+        v = self.denoiser.run({"x": x, "t": t, **cond})["v"]
+        self._step += 1
+        self._record(f"denoise_step_{self._step}", t0)
+        return v
 
     def sample(self, cond: dict[str, np.ndarray], seeds: list[int], times: np.ndarray, guidance: float) -> np.ndarray:
         """Run the bundle's sampler rule on encoded prompts -> x0 float32 (B, C, H, W) in about [-1, 1]."""
         noise = seeded_noise_np(seeds, self.shape)
+        self._step = 0
         mode = self.guidance_mode
         if mode == "embedded":
             cond = {**cond, "guidance": np.full(len(seeds), guidance, np.float32)}
@@ -118,7 +133,11 @@ class Generator:
         batch_size: int = 64,
     ) -> np.ndarray:
         """-> uint8 (N, H, W, C). `steps` None = the student's own schedule."""
-        return to_uint8(self.generate_float(prompts, seeds, steps, guidance, batch_size))
+        x = self.generate_float(prompts, seeds, steps, guidance, batch_size)
+        t0 = time.perf_counter()
+        images = to_uint8(x)  # pixel-space models: decoding is the conversion to 8-bit RGB
+        self._record("decode", t0)
+        return images
 
     def generate_float(
         self,
@@ -132,8 +151,12 @@ class Generator:
         w = resolve_guidance(self.sampler, guidance)
         validate_request(prompts, seeds, 1 if steps is None else steps, w)
         times = schedule(self.sampler, steps)
+        self.stage_times = {}
         out = []
         for i in range(0, len(prompts), batch_size):
             p, s = prompts[i : i + batch_size], seeds[i : i + batch_size]
-            out.append(self.sample(self.text.encode(p), s, times, w))
+            t0 = time.perf_counter()
+            cond = self.text.encode(p)
+            self._record("text_encode", t0)
+            out.append(self.sample(cond, s, times, w))
         return np.concatenate(out)
