@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fewstep demo
 
 test: $(STAMP)
+	bash scripts/install_test_browser.sh
 	$(PY) -m ruff check fewstep tests benchmarks scripts
 	$(PY) -m pytest -q
 

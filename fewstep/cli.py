@@ -9,7 +9,19 @@ import sys
 
 from . import __version__
 
-COMMANDS = ("info", "train_teacher", "pairs", "distill", "export", "generate", "bench", "eval", "train_judge", "demo")
+COMMANDS = (
+    "info",
+    "train_teacher",
+    "pairs",
+    "distill",
+    "export",
+    "generate",
+    "bench",
+    "serve",
+    "eval",
+    "train_judge",
+    "demo",
+)
 DESCRIPTION = """fewstep distills slow many-step image generators into fast 1-4 step students,
 exports them to engines and measures latency next to quality.
 
@@ -21,6 +33,7 @@ the built-in chain, in order:
   fewstep export MODEL --out DIR    an engine bundle: ONNX / OpenVINO / CoreML / TensorRT, fp32 / fp16 / int8, gated
   fewstep generate MODEL --prompt P write a PNG grid (MODEL: a checkpoint path or 'shapes32-teacher')
   fewstep bench BUNDLE              latency per batch size and stage, cold start, memory, edge profiles, vs torch
+  fewstep serve BUNDLE              HTTP server: /v1/generate, OpenAI-style images API, /metrics, a web page
   fewstep eval MODEL                domain FID / KID and prompt adherence at several step counts
   fewstep demo                      the whole chain on the built-in default
 """

@@ -99,10 +99,30 @@ class Generator:
     def guidance_mode(self) -> str:
         return guidance_mode(self.sampler)
 
-    def _null_cond(self, batch: int) -> dict[str, np.ndarray]:
+    def _null_cond(self, batch: int, negative: str | None = None) -> dict[str, np.ndarray]:
+        """The unconditional branch of CFG: the empty prompt, or a negative prompt in its place."""
+        if negative:
+            return self.text.encode([negative] * batch)
         if self._null is None:
             self._null = self.text.encode([""])
         return {k: np.repeat(v, batch, axis=0) for k, v in self._null.items()}
+
+    def validate(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
+                 negative_prompt: str | None = None) -> float:  # fmt: skip
+        """Check a request before any work (prompt lengths included); -> the guidance scale to use."""
+        w = resolve_guidance(self.sampler, guidance)
+        validate_request(prompts, seeds, 1 if steps is None else steps, w)
+        self.check_negative_prompt(negative_prompt)
+        for p in [*prompts, *([negative_prompt] if negative_prompt else [])]:
+            self.text.check(p)
+        return w
+
+    def check_negative_prompt(self, negative: str | None) -> None:
+        if negative and self.guidance_mode != "cfg":
+            raise ValueError(
+                f"this engine has guidance {'embedded' if self.guidance_mode == 'embedded' else 'baked in'}: it runs "
+                "no unconditional branch, so a negative prompt cannot be honoured"
+            )
 
     def velocity(self, x: np.ndarray, t: np.ndarray, cond: dict[str, np.ndarray]) -> np.ndarray:
         t0 = time.perf_counter()
@@ -111,7 +131,8 @@ class Generator:
         self._record(f"denoise_step_{self._step}", t0)
         return v
 
-    def sample(self, cond: dict[str, np.ndarray], seeds: list[int], times: np.ndarray, guidance: float) -> np.ndarray:
+    def sample(self, cond: dict[str, np.ndarray], seeds: list[int], times: np.ndarray, guidance: float,
+               negative: str | None = None) -> np.ndarray:  # fmt: skip
         """Run the bundle's sampler rule on encoded prompts -> x0 float32 (B, C, H, W) in about [-1, 1]."""
         noise = seeded_noise_np(seeds, self.shape)
         self._step = 0
@@ -121,7 +142,7 @@ class Generator:
         if self.sampler.get("rule") == "consistency":
             return consistency_np(self.velocity, noise, times, cond, lambda i: renoise_np(seeds, self.shape, i))
         if mode == "cfg" and guidance != 1.0:
-            return euler_np(self.velocity, noise, times, cond, guidance, self._null_cond(len(seeds)))
+            return euler_np(self.velocity, noise, times, cond, guidance, self._null_cond(len(seeds), negative))
         return euler_np(self.velocity, noise, times, cond)
 
     def generate(
@@ -131,9 +152,10 @@ class Generator:
         steps: int | None = None,
         guidance: float | None = None,
         batch_size: int = 64,
+        negative_prompt: str | None = None,
     ) -> np.ndarray:
-        """-> uint8 (N, H, W, C). `steps` None = the student's own schedule."""
-        x = self.generate_float(prompts, seeds, steps, guidance, batch_size)
+        """-> uint8 (N, H, W, C). `steps` None = the student's own schedule; `negative_prompt` only with CFG."""
+        x = self.generate_float(prompts, seeds, steps, guidance, batch_size, negative_prompt)
         t0 = time.perf_counter()
         images = to_uint8(x)  # pixel-space models: decoding is the conversion to 8-bit RGB
         self._record("decode", t0)
@@ -146,10 +168,10 @@ class Generator:
         steps: int | None = None,
         guidance: float | None = None,
         batch_size: int = 64,
+        negative_prompt: str | None = None,
     ) -> np.ndarray:
         """-> float32 (N, C, H, W) before quantization to uint8 (what the parity gate compares)."""
-        w = resolve_guidance(self.sampler, guidance)
-        validate_request(prompts, seeds, 1 if steps is None else steps, w)
+        w = self.validate(prompts, seeds, steps, guidance, negative_prompt)
         times = schedule(self.sampler, steps)
         self.stage_times = {}
         out = []
@@ -158,5 +180,5 @@ class Generator:
             t0 = time.perf_counter()
             cond = self.text.encode(p)
             self._record("text_encode", t0)
-            out.append(self.sample(cond, s, times, w))
+            out.append(self.sample(cond, s, times, w, negative_prompt))
         return np.concatenate(out)

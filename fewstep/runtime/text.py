@@ -37,6 +37,10 @@ class RuntimeTextEncoder:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
+    def check(self, prompt: str) -> None:
+        """Raise (TypeError / PromptTooLongError) for a prompt the model cannot take."""
+        self._ids(prompt)
+
     def _ids(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be strings; got {type(prompt).__name__}")

@@ -1,0 +1,217 @@
+"""The runtime and the server against their targets, each figure a ratio measured side by side in one run.
+
+    python benchmarks/runtime_serving.py          # exports the two shipped students if their bundles are missing
+
+1. runtime end to end vs bare engine calls (runtime overhead), 4-step student, batch 1;
+2. runtime vs the torch student run like a diffusers pipeline (torch eager + torch text encoder), batch 1;
+3. the 1-step student end to end vs the 50-step CFG teacher in torch, batch 1;
+4. cold start: process start -> first image;
+5. server throughput at concurrency 8 with micro-batching vs without (max batch 1);
+6. a bounded load test: 2,000 requests from 16 clients against a queue of 16 (about 2x what the server can
+   hold): status codes, p50/p99, the server's memory before and after.
+Writes benchmarks/results/runtime/results.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from fewstep.runtime.bench import machine
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "results" / "runtime"
+PROMPT = "a red circle on the left"
+
+
+def ensure_bundle(model: str, root: Path) -> Path:
+    out = root / model
+    if not (out / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "fewstep.cli", "export", model, "--out", str(out), "--quiet"],
+                       check=True)  # fmt: skip
+    return out
+
+
+def timed(fn, runs: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def ms(x: list[float]) -> float:
+    return round(1e3 * float(np.median(x)), 3)
+
+
+def one_request_inputs(gen, prompt: str) -> dict[str, np.ndarray]:
+    """The engine inputs of one denoiser call for one image (both CFG branches where the engine runs CFG)."""
+    from fewstep.noise import seeded_noise_np
+    from fewstep.sampling_rules import resolve_guidance
+
+    cond = gen.text.encode([prompt])
+    x, t = seeded_noise_np([0], gen.shape), np.ones(1, np.float32)
+    if gen.guidance_mode == "embedded":
+        cond["guidance"] = np.full(1, resolve_guidance(gen.sampler, None), np.float32)
+    if gen.guidance_mode == "cfg":
+        null = gen.text.encode([""])
+        cond = {k: np.concatenate([null[k], v]) for k, v in cond.items()}
+        x, t = np.concatenate([x, x]), np.concatenate([t, t])
+    return {"x": x, "t": t, **cond}
+
+
+def runtime_vs_bare_and_torch(bundle: Path, runs: int) -> dict:
+    import torch
+
+    from fewstep.models.pipeline import TorchPipeline
+    from fewstep.runtime import Generator
+
+    gen = Generator.from_bundle(bundle)
+    steps = len(gen.sampler["timesteps"]) - 1
+    inputs = one_request_inputs(gen, PROMPT)
+    seeds = iter(range(10**6))
+    end_to_end = timed(lambda: gen.generate([PROMPT], [next(seeds)]), runs)
+    bare = timed(lambda: [gen.denoiser.run(inputs) for _ in range(steps)], runs)
+    torch.set_num_threads(2)
+    pipe = TorchPipeline.from_checkpoint(gen.manifest["model"]["source"])
+    torch_s = timed(lambda: pipe.generate([PROMPT], [next(seeds)]), runs)
+    return {
+        "bundle": str(bundle), "engine": gen.engine_entry["id"], "steps": steps,
+        "runtime_ms": ms(end_to_end), "bare_engine_calls_ms": ms(bare),
+        "runtime_overhead": round(ms(end_to_end) / ms(bare) - 1, 3),
+        "torch_student_ms": ms(torch_s), "runtime_speedup_vs_torch": round(ms(torch_s) / ms(end_to_end), 2),
+    }  # fmt: skip
+
+
+def one_step_vs_teacher(bundle: Path, runs: int) -> dict:
+    import torch
+
+    from fewstep.models.pipeline import TorchPipeline
+    from fewstep.runtime import Generator
+
+    gen = Generator.from_bundle(bundle)
+    seeds = iter(range(10**6))
+    student = timed(lambda: gen.generate([PROMPT], [next(seeds)]), runs)
+    torch.set_num_threads(2)
+    teacher = TorchPipeline.from_checkpoint("shapes32-teacher")
+    teacher_s = timed(lambda: teacher.generate([PROMPT], [next(seeds)], steps=50, guidance=3.0), 5, warmup=1)
+    return {"bundle": str(bundle), "engine": gen.engine_entry["id"], "student_ms": ms(student),
+            "teacher_50_step_cfg_ms": ms(teacher_s), "speedup": round(ms(teacher_s) / ms(student), 1)}  # fmt: skip
+
+
+def cold(bundle: Path) -> dict:
+    from fewstep.runtime.bench import cold_start
+
+    return cold_start(bundle, runs=3)
+
+
+class Server:
+    """`fewstep serve` in its own process (as users run it), on a free loopback port."""
+
+    def __init__(self, bundle: Path, **flags):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        args = [sys.executable, "-m", "fewstep.cli", "serve", str(bundle), "--port", str(self.port)]
+        for k, v in flags.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        import httpx
+
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def rss_mb(self) -> float:
+        return int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def load(url: str, requests: int, concurrency: int) -> dict:
+    import httpx
+
+    def one(i: int) -> tuple[int | str, float]:
+        t0 = time.perf_counter()
+        try:
+            code = httpx.post(url + "/v1/generate", json={"prompt": PROMPT, "seed": i}, timeout=60).status_code
+        except httpx.HTTPError as e:
+            code = type(e).__name__
+        return code, time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        codes, lat = zip(*pool.map(one, range(requests)), strict=True)
+    wall = time.perf_counter() - t0
+    counts = {str(c): codes.count(c) for c in sorted(set(codes), key=str)}
+    ok = [t for t, c in zip(lat, codes, strict=True) if c == 200]
+    return {"requests": requests, "concurrency": concurrency, "seconds": round(wall, 2), "status": counts,
+            "images_per_s": round(codes.count(200) / wall, 1),
+            "p50_ms_2xx": ms(ok) if ok else None,
+            "p99_ms_2xx": round(1e3 * float(np.percentile(ok, 99)), 1) if ok else None}  # fmt: skip
+
+
+def serving(bundle: Path) -> dict:
+    result = {}
+    for label, batch in (("batched", 8), ("unbatched", 1)):
+        with Server(bundle, max_batch=batch, max_wait_ms=5, max_queue=64) as s:
+            load(s.url, 16, 8)  # warm-up
+            result[label] = load(s.url, 400, 8)
+    result["throughput_gain"] = round(result["batched"]["images_per_s"] / result["unbatched"]["images_per_s"], 2)
+    with Server(bundle, max_batch=8, max_wait_ms=5, max_queue=16, timeout=10) as s:
+        load(s.url, 32, 8)
+        before = s.rss_mb()
+        result["load_test"] = load(s.url, 2000, 16)
+        result["load_test"]["rss_mb_before"], result["load_test"]["rss_mb_after"] = (
+            round(before, 1),
+            round(s.rss_mb(), 1),
+        )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundles", default="runs/bench-runtime")
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args()
+    root = Path(args.bundles)
+    four, one = ensure_bundle("shapes32-progressive-4step", root), ensure_bundle("shapes32-slimflow", root)
+    result = {
+        "machine": machine(),
+        "runtime": runtime_vs_bare_and_torch(four, args.runs),
+        "one_step_vs_teacher": one_step_vs_teacher(one, args.runs),
+        "cold_start": cold(four),
+        "serving": serving(four),
+        "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

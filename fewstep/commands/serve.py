@@ -1,0 +1,50 @@
+"""fewstep serve: an HTTP server for real-time text-to-image on an engine bundle (torch-free)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "serve a bundle over HTTP: /v1/generate, OpenAI-style /v1/images/generations, /metrics, a web page at /"
+EPILOG = """examples:
+  fewstep serve bundles/prog4                               # http://127.0.0.1:8000/ (web page), /docs (API)
+  fewstep serve bundles/prog4 --host 0.0.0.0 --port 9000 --max-batch 16 --max-wait-ms 5
+  curl -s localhost:8000/v1/generate -H 'content-type: application/json' \
+       -d '{"prompt": "a red circle", "seed": 1}' -o a.png
+
+Concurrent requests with the same settings are micro-batched into one engine call (--max-batch images,
+waiting at most --max-wait-ms for company). When --max-queue requests wait, new ones get 429 with Retry-After;
+a request that takes longer than --timeout gets 504. SIGINT/SIGTERM stop accepting (503) and drain accepted
+work. The server is stateless: run replicas behind any load balancer to scale out (or use the bundle's Triton
+repository, `fewstep export --triton`, on GPU fleets)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("bundle", help="engine bundle directory (fewstep export)")
+    p.add_argument("--engine", help="engine id from the manifest (default: the first that loads here)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--threads", type=int, default=0, help="engine threads (default: the backend's)")
+    p.add_argument("--max-batch", type=int, default=8, help="images per engine call (default 8)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="batching window (default 10 ms)")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429 (default 64)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504 (default 30)")
+    p.add_argument("--max-images", type=int, default=4, help="images per request, n (default 4)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise ImportError("fewstep serve needs `pip install 'fewstep[serve]'` (fastapi, uvicorn)") from e
+    from ..runtime import Generator
+    from ..runtime.server import ServeConfig, create_app
+
+    config = ServeConfig(args.max_batch, args.max_wait_ms, args.max_queue, args.timeout, args.max_images)
+    gen = Generator.from_bundle(args.bundle, engine=args.engine, threads=args.threads or None)
+    print(f"serving {gen.manifest['model']['name']} ({gen.engine_entry['id']}) on http://{args.host}:{args.port}/")
+    uvicorn.run(create_app(gen, config), host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=int(args.timeout) + 5)  # fmt: skip
+    return 0
