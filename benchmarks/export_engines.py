@@ -23,7 +23,7 @@ import torch
 from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, _eval_set, adherence
 from fewstep.evaluation.quality import fid_kid, judge_features
 from fewstep.evaluation.train_judge import load_judge
-from fewstep.export.bundle import BundleExport
+from fewstep.export.bundle import BundleExport, side_by_side_options
 from fewstep.export.config import ExportConfig
 from fewstep.export.gates import psnr, side_by_side_ms, speed_inputs
 from fewstep.imaging import to_uint8
@@ -75,7 +75,8 @@ def measure(model: str, root: Path, n: int, runs: int, threads: int) -> dict:
     engines, entries = {}, manifest["engines"] + [dict(r, files={}) for r in manifest["refused"]]
     for e in manifest["engines"]:
         try:
-            engines[e["id"]] = load_engine(e["backend"], bundle / next(iter(e["files"])), e, threads=threads)
+            opts = side_by_side_options(e["backend"])
+            engines[e["id"]] = load_engine(e["backend"], bundle / next(iter(e["files"])), e, threads=threads, **opts)
         except BackendUnavailable as why:
             e["not_run"] = str(why)
     for e in entries:
@@ -125,7 +126,8 @@ def markdown(results: list[dict], machine: str, threads: int) -> str:
              f"Machine: {machine}; {threads} threads. Command: `python benchmarks/export_engines.py`.",
              "PSNR: final images vs the torch student, same prompts and seeds. Domain FID / adherence on "
              f"{results[0]['images']} held-out shapes prompts (prompt i, seed i). Latency: denoiser call, median of "
-             "interleaved runs of all engines of a backend in one process, on the sampler's real inputs.",
+             "interleaved runs of all engines of a backend in one process, on the sampler's real inputs "
+             "(ONNX Runtime without thread spinning, for every engine alike).",
              ""]  # fmt: skip
     for r in results:
         lines += [f"## {r['model']} ({r['params']:,} params, {r['sampler']['rule']} "

@@ -88,6 +88,9 @@ def test_every_cpu_backend_matches_torch_for_each_rule_and_guidance_mode(ckpts, 
         out = gen.generate(PROMPTS, seeds)
         assert out.shape == ref.shape and out.dtype == np.uint8
         assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1, engine["id"]
+        if manifest["sampler"]["guidance"]["mode"] != "cfg":  # no unconditional branch to put it in
+            with pytest.raises(ValueError, match="negative prompt cannot be honoured"):
+                gen.generate(PROMPTS, seeds, negative_prompt="a blue square")
     if mode == "euler-embedded":  # the w input reaches the engine: another scale, another image
         gen = Generator.from_bundle(tmp_path / "b", engine="onnx-fp32")
         other = pipe.generate(PROMPTS, seeds, guidance=5.0)
@@ -343,3 +346,41 @@ def test_bench_cli_reports_latency_stages_cold_start_and_edge_profiles(cfg_bundl
     assert student["system"].startswith("torch student") and student["runtime_speedup"] > 0
     assert "cold start" in capsys.readouterr().out
     assert main(["bench", str(root), "--runs", "0"]) == 2
+
+
+def test_engine_boundary_rejects_wrong_names_dtypes_and_shapes():
+    from fewstep.runtime.engine import EngineInputError, check_inputs
+
+    specs = {"x": {"shape": ["B", 3, 4, 4], "dtype": "float32"}, "t": {"shape": ["B"], "dtype": "float32"}}
+    good = {"x": np.zeros((2, 3, 4, 4), np.float32), "t": np.zeros(2, np.float32)}
+    assert check_inputs(good, specs) == 2
+    bad = [
+        ({"x": good["x"]}, "missing \\['t'\\]"),
+        ({**good, "y": good["t"]}, "unexpected \\['y'\\]"),
+        ({**good, "t": np.zeros(2, np.float64)}, "'t' must be float32; got float64"),
+        (
+            {**good, "x": np.zeros((2, 3, 8, 8), np.float32)},
+            "'x' must have shape \\(B, 3, 4, 4\\); got \\(2, 3, 8, 8\\)",
+        ),
+        ({**good, "t": np.zeros(3, np.float32)}, "batch 3 but another input has batch 2"),
+        ({**good, "x": [[0.0]]}, "must be a numpy array"),
+    ]
+    for inputs, message in bad:
+        with pytest.raises(EngineInputError, match=message):
+            check_inputs(inputs, specs)
+    with pytest.raises(EngineInputError, match="built for batch 1"):
+        check_inputs(good, specs, fixed_batch=1)
+
+
+@pytest.mark.slow
+def test_loaded_engines_validate_their_inputs(cfg_bundle):
+    from fewstep.runtime.engine import EngineInputError
+
+    root, _ = cfg_bundle
+    for engine in ("onnx-fp32", "openvino-fp32"):
+        gen = Generator.from_bundle(root, engine=engine)
+        with pytest.raises(EngineInputError, match="'x' must have shape"):
+            gen.denoiser.run({
+                "x": np.zeros((1, 3, 8, 8), np.float32), "t": np.zeros(1, np.float32),
+                "text": np.zeros((1, 32, 384), np.float32), "text_mask": np.ones((1, 32), np.float32),
+            })  # fmt: skip

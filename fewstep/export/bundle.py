@@ -80,6 +80,11 @@ def _precisions(target: str) -> tuple[str, ...]:
     return get_exporter(target).PRECISIONS
 
 
+def side_by_side_options(backend: str) -> dict:
+    """Engines timed against each other in one process must not spin idle threads (ONNX Runtime does)."""
+    return {"spinning": False} if backend == "onnxruntime" else {}
+
+
 def engine_id(target: str, precision: str, quantizer: str | None) -> str:
     return f"{target}-{precision}" + (f"-{quantizer}" if quantizer else "")
 
@@ -299,7 +304,7 @@ class BundleExport:
             why = f"not run: {reason}"
             return {"parity": {"status": why}, "speed": {"status": why}}
         main = self.root / next(iter(entry["files"]))
-        engine = load_engine(entry["backend"], main, entry)
+        engine = load_engine(entry["backend"], main, entry, **side_by_side_options(entry["backend"]))
         gen = Generator(self._runtime_manifest(text), engine, self._runtime_text(text), entry)
         p = self._parity_prompts
         images = gen.generate_float(p, list(range(len(p))))
@@ -316,7 +321,8 @@ class BundleExport:
     def _temporary_fp32(self, ctx: ExportContext, target: str):
         """The fp32 engine the speed gate compares with, when the bundle does not ask for one (deleted after)."""
         art = get_exporter(target).export(ctx, "fp32")
-        return load_engine(RUNTIME_BACKEND[target], art.path, self.denoiser.io_json())
+        backend = RUNTIME_BACKEND[target]
+        return load_engine(backend, art.path, self.denoiser.io_json(), **side_by_side_options(backend))
 
     def _runtime_text(self, text: dict) -> RuntimeTextEncoder:
         if not hasattr(self, "_rt_text"):

@@ -33,6 +33,7 @@ class RuntimeTextEncoder:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle most of the time: do not spin
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
