@@ -1,4 +1,3 @@
-"""Exporters (ONNX, OpenVINO, CoreML, TensorRT), quantization and the engine bundle writer.
-
-So far: the text encoder's ONNX export with its `tokenizer.json`; the export issue adds the rest.
-"""
+"""Exporters (ONNX, OpenVINO, CoreML, TensorRT, Torch-TensorRT) behind one registry, int8 calibration from the
+student's own sampler, parity and speed gates, the engine bundle writer and the Triton model repository.
+`BundleExport(checkpoint, out, ExportConfig(...)).run()` is what `fewstep export` calls."""

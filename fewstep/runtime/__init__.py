@@ -1,7 +1,7 @@
 """The torch-free runtime: numpy + one inference backend. It must never import torch, diffusers or transformers.
 
 `Generator.from_bundle(DIR).generate(prompts, seeds)` runs an engine bundle written by `fewstep export`;
-the HTTP server, `fewstep bench` and more backends come with the runtime issue on top of it.
+`bench.py` measures it and `server.py` (with `batcher.py`) serves it over HTTP (the serve extra).
 """
 
 from ..noise import renoise_np, seeded_noise_np

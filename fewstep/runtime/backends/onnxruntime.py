@@ -38,8 +38,8 @@ class OnnxRuntimeEngine:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        # ORT's idle threads spin for work: ~15% faster alone, but they steal cores from every other session in the
-        # process; side-by-side timing (gates, benchmarks) turns it off for all engines alike
+        # ORT's idle threads spin for work: 12-20% faster alone (benchmarks/ort_thread_spinning.py), but they steal
+        # cores from every other session in the process; side-by-side timing (gates, benchmarks) turns it off
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(path), opts, providers=chosen)
         self.providers = self.session.get_providers()
