@@ -19,6 +19,7 @@ COMMANDS = (
     "bench",
     "serve",
     "eval",
+    "report",
     "train_judge",
     "demo",
 )
@@ -35,6 +36,7 @@ the built-in chain, in order:
   fewstep bench BUNDLE              latency per batch size and stage, cold start, memory, edge profiles, vs torch
   fewstep serve BUNDLE              HTTP server: /v1/generate, OpenAI-style images API, /metrics, a web page
   fewstep eval MODEL                domain FID / KID and prompt adherence at several step counts
+  fewstep report SWEEP.yaml         every system (teacher, students, engines) measured alike: latency vs FID chart
   fewstep demo                      the whole chain on the built-in default
 """
 

@@ -1,0 +1,188 @@
+"""Measure one system: images for quality (domain FID / KID / adherence), batch-1 latency, images/s, size, memory.
+
+Torch systems run through `TorchPipeline`, engine systems through the torch-free `Generator` the server uses, so
+a row of the report is what a user would get by deploying that system. Peak memory and cold start come from a
+fresh process per system (the sweep's own process holds every model it has seen).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...runtime.bench import cold_start, percentiles
+from ...sampling_rules import guidance_mode, resolve_guidance
+from .sweep import SweepConfig, Unit
+
+
+class UnsupportedRequest(ValueError):
+    """The system cannot take the sweep's request (a step count or guidance scale it refuses)."""
+
+
+def _probe(generate, steps: int | None, guidance: float | None) -> None:
+    """One tiny request first: a step count or guidance the model refuses fails here, before the long pass."""
+    try:
+        generate(["a red circle"], [0], steps, guidance)
+    except ValueError as e:
+        raise UnsupportedRequest(str(e)) from None
+
+
+@dataclass
+class Loaded:
+    """A system ready to generate: `generate(prompts, seeds, batch) -> uint8 (N, H, W, C)` + what it is."""
+
+    generate: object
+    info: dict
+
+
+def nfe(sampler: dict, steps: int, guidance: float) -> int:
+    """Network evaluations per image: CFG runs two branches per step unless w = 1."""
+    per_step = 2 if guidance_mode(sampler) == "cfg" and guidance != 1.0 else 1
+    return steps * per_step
+
+
+def _steps_of(sampler: dict, steps: int | None) -> int:
+    if steps is not None:
+        return steps
+    times = sampler.get("timesteps")
+    if times is None:
+        return int(sampler.get("default_steps", 50))
+    return len(times) if sampler.get("rule") == "consistency" else len(times) - 1
+
+
+def load_torch(cfg: SweepConfig, unit: Unit) -> Loaded:
+    import torch
+
+    from ...models.pipeline import TorchPipeline
+
+    if cfg.latency.threads:
+        torch.set_num_threads(cfg.latency.threads)
+    model = cfg.resolve(unit.system.model)
+    pipe = TorchPipeline.from_checkpoint(model)
+    sampler = pipe.spec["sampler"]
+    _probe(pipe.generate, unit.steps, unit.system.guidance)
+    w = resolve_guidance(sampler, unit.system.guidance)
+    steps = _steps_of(sampler, unit.steps)
+
+    def generate(prompts: list[str], seeds: list[int], batch: int) -> np.ndarray:
+        return pipe.generate(prompts, seeds, unit.steps, unit.system.guidance, batch_size=batch)
+
+    path = _checkpoint_file(model)
+    info = {
+        "backend": "torch",
+        "precision": "fp32",  # the pipeline computes in float32 whatever the stored dtype
+        "params": pipe.spec.get("params"),
+        "method": _method(pipe.spec),
+        "rule": sampler.get("rule", "euler"),
+        "guidance_mode": guidance_mode(sampler),
+        "guidance": w,
+        "steps": steps,
+        "nfe": nfe(sampler, steps, w),
+        "size_bytes": path.stat().st_size if path else None,
+        "artifact": str(path) if path else str(model),
+    }
+    return Loaded(generate, info)
+
+
+def _method(spec: dict) -> str:
+    return spec.get("training", {}).get("method") if spec.get("role") == "student" else "teacher"
+
+
+def _checkpoint_file(model: str) -> Path | None:
+    from ...models.loading import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(model)
+    except (ValueError, FileNotFoundError):
+        return None
+
+
+def load_engine(cfg: SweepConfig, unit: Unit) -> Loaded:
+    from ...runtime import Generator
+
+    bundle = cfg.resolve(unit.system.bundle, output=True)
+    gen = Generator.from_bundle(bundle, engine=unit.engine, threads=cfg.latency.threads or None)
+    sampler = gen.sampler
+    _probe(gen.generate, unit.steps, unit.system.guidance)
+    w = resolve_guidance(sampler, unit.system.guidance)
+    steps = _steps_of(sampler, unit.steps)
+
+    def generate(prompts: list[str], seeds: list[int], batch: int) -> np.ndarray:
+        return gen.generate(prompts, seeds, unit.steps, unit.system.guidance, batch_size=batch)
+
+    entry = gen.engine_entry
+    info = {
+        "backend": entry["backend"],
+        "precision": entry["precision"],
+        "params": gen.manifest.get("model", {}).get("params"),
+        "method": gen.manifest.get("model", {}).get("method") or "",
+        "rule": sampler.get("rule", "euler"),
+        "guidance_mode": guidance_mode(sampler),
+        "guidance": w,
+        "steps": steps,
+        "nfe": nfe(sampler, steps, w),
+        "size_bytes": entry.get("size_bytes"),
+        "artifact": f"{bundle}:{entry['id']}",
+        "verified": entry.get("verified"),
+    }
+    return Loaded(generate, info)
+
+
+def batch1_latency(loaded: Loaded, prompts: list[str], runs: int, warmup: int) -> dict:
+    """End-to-end batch-1 requests (text encoding + every step + conversion to 8-bit RGB)."""
+    seconds = []
+    for r in range(warmup + runs):
+        t0 = time.perf_counter()
+        loaded.generate([prompts[r % len(prompts)]], [r], 1)
+        if r >= warmup:
+            seconds.append(time.perf_counter() - t0)
+    return percentiles(seconds)
+
+
+_TORCH_CHILD = """
+import json, resource, sys, time
+t_start = float(sys.argv[1])
+try:
+    import torch
+    from fewstep.models.pipeline import TorchPipeline
+    if int(sys.argv[3]):
+        torch.set_num_threads(int(sys.argv[3]))
+    pipe = TorchPipeline.from_checkpoint(sys.argv[2])
+    t_loaded = time.time()
+    steps = int(sys.argv[4]) or None
+    w = float(sys.argv[5]) if sys.argv[5] else None
+    pipe.generate(["a red circle on the left"], [0], steps, w)
+    out = {"ok": True, "load_s": round(t_loaded - t_start, 3), "first_image_s": round(time.time() - t_start, 3)}
+except BaseException as e:
+    out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+print("FEWSTEP_BENCH " + json.dumps(out))
+"""
+
+
+def fresh_process(cfg: SweepConfig, unit: Unit, timeout: float = 600) -> dict:
+    """Peak RSS, load time and time to the first image of a fresh process serving this system (batch 1)."""
+    if unit.system.kind == "engine":
+        bundle = cfg.resolve(unit.system.bundle, output=True)
+        return cold_start(bundle, unit.engine, threads=cfg.latency.threads, runs=0, timeout=timeout)
+    args = [str(time.time()), str(cfg.resolve(unit.system.model)), str(cfg.latency.threads), str(unit.steps or 0),
+            "" if unit.system.guidance is None else str(unit.system.guidance)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.latency.threads or os.cpu_count() or 1))
+    proc = subprocess.run([sys.executable, "-c", _TORCH_CHILD, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)  # fmt: skip
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FEWSTEP_BENCH ")), None)
+    if line is None:
+        return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    return json.loads(line.split(" ", 1)[1])
+
+
+def own_peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
