@@ -130,9 +130,20 @@ def test_eval_writes_json_with_labelled_domain_fid(checkpoint, tmp_path, capsys)
     assert "domain FID" in capsys.readouterr().out
 
 
-def test_demo_writes_grids_and_summary(tmp_path, capsys):
-    assert main(["demo", "--seeds", "1", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [r["steps"] for r in summary["runs"]] == [50, 4, 2, 1]
-    assert all((tmp_path / f"teacher_{s}step.png").is_file() for s in (50, 4, 2, 1))
-    assert "teacher_50step.png" in capsys.readouterr().out
+def test_demo_sweep_covers_the_chain_and_stages_are_reused(tmp_path, capsys):
+    from fewstep.commands.demo import Stages, demo_sweep
+    from fewstep.evaluation.report.sweep import expand, parse_sweep
+
+    cfg = parse_sweep(demo_sweep(tmp_path / "student" / "model.safetensors", tmp_path / "bundle", 128, 2))
+    units = expand(cfg, {str((tmp_path / "bundle").resolve()): ["onnx-fp32", "onnx-int8-ort", "openvino-fp32"]})
+    teacher = sorted(u.steps for u in units if u.system.name == "teacher")
+    assert teacher == [1, 2, 4, 50] and cfg.data.n == 128
+    assert {u.system.model for u in units} >= {"shapes32-slimflow", "shapes32-progressive-4step"}
+    assert sum(u.engine is not None for u in units) == 3  # every engine of the demo bundle
+    calls = []
+    stages = Stages(tmp_path)
+    stages.run(1, "distill", "x", {"steps": 5}, lambda: calls.append(1))
+    stages.run(1, "distill", "x", {"steps": 5}, lambda: calls.append(2))  # same settings: reused
+    stages.run(1, "distill", "x", {"steps": 6}, lambda: calls.append(3))  # other settings: run again
+    assert calls == [1, 3]
+    assert "reused" in capsys.readouterr().out

@@ -175,3 +175,27 @@ def test_report_cli_example_parses_and_help_teaches(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["report", "--help"])
     assert "pareto.png" in capsys.readouterr().out
+
+
+def test_own_image_folder_sweeps_like_the_built_in_data(first_run, sweep_dir, tmp_path):
+    """A user's folder (metadata.jsonl) is the prompt set and FID reference; adherence is left out, not faked."""
+    from fewstep.evaluation.report.run import run_report
+
+    data = tmp_path / "my-images"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(data / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a picture number {i}"}))
+    (data / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    sweep = {"name": "mine", "data": {"dataset": "imagefolder", "path": "my-images", "n": 10},
+             "metrics": {"judge": "shapes32-judge"}, "latency": {"runs": 1, "warmup": 0, "memory": False},
+             "grid_prompts": 2, "systems": [{"name": "tiny", "model": str(sweep_dir / "tiny.safetensors"),
+                                             "steps": [1]}]}  # fmt: skip
+    result = run_report(parse_sweep(sweep, base_dir=str(tmp_path)), tmp_path / "out", progress=False,
+                        log=lambda _m: None)  # fmt: skip
+    (row,) = result["systems"]
+    assert row["status"] == "ok" and row["adherence"] is None and row["fid"] > 0
+    assert result["reference"]["dataset"] == "imagefolder" and result["reference"]["adherence"] == "not measured"
+    assert "| - |" in (tmp_path / "out" / "report.md").read_text()

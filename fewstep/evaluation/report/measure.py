@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -60,8 +59,11 @@ def _steps_of(sampler: dict, steps: int | None) -> int:
 
 def load_torch(cfg: SweepConfig, unit: Unit) -> Loaded:
     import torch
+    import transformers
 
     from ...models.pipeline import TorchPipeline
+
+    transformers.utils.logging.disable_progress_bar()  # a bar per loaded text encoder would bury the sweep's own
 
     if cfg.latency.threads:
         torch.set_num_threads(cfg.latency.threads)
@@ -163,7 +165,17 @@ try:
     out = {"ok": True, "load_s": round(t_loaded - t_start, 3), "first_image_s": round(time.time() - t_start, 3)}
 except BaseException as e:
     out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
-out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+def _peak_mb():
+    # VmHWM is this process's own peak; ru_maxrss survives exec and can report the (larger) parent's peak
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource as r
+    return round(r.getrusage(r.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+out["peak_rss_mb"] = _peak_mb()
 print("FEWSTEP_BENCH " + json.dumps(out))
 """
 
@@ -182,7 +194,3 @@ def fresh_process(cfg: SweepConfig, unit: Unit, timeout: float = 600) -> dict:
     if line is None:
         return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
     return json.loads(line.split(" ", 1)[1])
-
-
-def own_peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
