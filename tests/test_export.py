@@ -384,3 +384,27 @@ def test_loaded_engines_validate_their_inputs(cfg_bundle):
                 "x": np.zeros((1, 3, 8, 8), np.float32), "t": np.zeros(1, np.float32),
                 "text": np.zeros((1, 32, 384), np.float32), "text_mask": np.ones((1, 32), np.float32),
             })  # fmt: skip
+
+
+def test_generator_splits_requests_to_the_engines_largest_batch(cfg_bundle):
+    """A TensorRT profile or fixed-shape CoreML package caps rows per call; CFG sends two rows per image."""
+    gen = Generator.from_bundle(cfg_bundle[0], engine="onnx-fp32")
+    prompts, seeds = [f"a red circle number {i}" for i in range(5)], list(range(5))
+    unlimited = gen.generate(prompts, seeds, guidance=3.0)
+    rows, inner = [], gen.denoiser
+
+    class Capped:
+        backend, inputs, outputs, max_batch = inner.backend, inner.inputs, inner.outputs, 4
+
+        def run(self, feed):
+            rows.append(len(feed["x"]))
+            return inner.run(feed)
+
+    gen.denoiser = Capped()
+    capped = gen.generate(prompts, seeds, guidance=3.0)
+    assert max(rows) <= 4 and sum(rows) == 2 * 5 * (len(gen.sampler["timesteps"]) - 1)
+    np.testing.assert_allclose(capped.astype(float), unlimited.astype(float), atol=1)  # same images, per-call split
+    Capped.max_batch = 1
+    with pytest.raises(ValueError, match="CFG needs 2"):
+        gen.generate(prompts[:1], seeds[:1], guidance=3.0)
+    assert gen.generate(prompts[:1], seeds[:1], guidance=1.0).shape[0] == 1

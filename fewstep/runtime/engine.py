@@ -22,6 +22,7 @@ class Engine(Protocol):
     backend: str
     inputs: dict[str, dict]
     outputs: dict[str, dict]
+    # engines with a batch limit (TensorRT profiles, fixed-shape CoreML) also set `max_batch: int` (rows per call)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 

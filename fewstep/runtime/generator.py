@@ -161,6 +161,20 @@ class Generator:
         self._record("decode", t0)
         return images
 
+    def images_per_call(self, batch_size: int, guidance: float) -> int:
+        """`batch_size`, lowered to what the engine takes: a CFG step sends two rows per image (conditional and
+        unconditional), and a TensorRT profile or a fixed-shape CoreML package has a largest batch."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        limit = getattr(self.denoiser, "max_batch", None)
+        if limit is None:
+            return batch_size
+        rows = 2 if self.guidance_mode == "cfg" and guidance != 1.0 else 1
+        if limit < rows:
+            raise ValueError(f"engine {self.engine_entry['id']} takes at most {limit} row(s) per call; CFG needs "
+                             f"{rows}: use guidance 1 or re-export with a larger max_batch")  # fmt: skip
+        return min(batch_size, limit // rows)
+
     def generate_float(
         self,
         prompts: list[str],
@@ -174,6 +188,7 @@ class Generator:
         w = self.validate(prompts, seeds, steps, guidance, negative_prompt)
         times = schedule(self.sampler, steps)
         self.stage_times = {}
+        batch_size = self.images_per_call(batch_size, w)
         out = []
         for i in range(0, len(prompts), batch_size):
             p, s = prompts[i : i + batch_size], seeds[i : i + batch_size]

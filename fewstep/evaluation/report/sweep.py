@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,8 @@ class SweepConfig:
         `output`: a path fewstep writes (a bundle), always under base_dir."""
         if path is None or Path(path).is_absolute():
             return path
-        candidate = Path(self.base_dir) / path
-        return str(candidate) if output or candidate.exists() or "/" in path else path
+        candidate = os.path.normpath(Path(self.base_dir) / path)
+        return candidate if output or os.path.exists(candidate) or "/" in path else path
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class CoreMLEngine:
         self.compute_units = compute_units
         self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[compute_units])
         self.fixed_batch = int(fixed_batch) if fixed_batch is not None else _package_batch(self.model)
+        self.max_batch = self.fixed_batch
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_inputs(inputs, self.inputs, fixed_batch=self.fixed_batch)

@@ -113,6 +113,7 @@ class TensorRTEngine:
                 f"{sorted(self.inputs)} and {sorted(self.outputs)}: re-export the bundle"
             )
         self.batch_range = self._profile_batch_range(declared_in)
+        self.max_batch = self.batch_range[1]  # the Generator splits larger requests into calls of at most this
         self._stream = _call(self._cudart, self._cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
 
