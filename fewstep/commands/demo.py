@@ -154,7 +154,7 @@ def closing_lines(result: dict, report: Path, seconds: float) -> str:
                      f"FID {teacher['fid']:.2f}, adherence {100 * teacher['adherence']:.0f}%")  # fmt: skip
     for r in front:
         speed = f" ({teacher['latency_b1']['p50_ms'] / r['latency_b1']['p50_ms']:.0f}x faster)" if teacher else ""
-        lines.append(f"  on the frontier: {r['name']} {r['backend']}-{r['precision']} {r['steps']} step(s): "
+        lines.append(f"  on the frontier: {r['name']} {r.get('engine') or 'torch'} {r['steps']} step(s): "
                      f"{r['latency_b1']['p50_ms']:.1f} ms{speed}, FID {r['fid']:.2f}, "
                      f"adherence {100 * r['adherence']:.0f}%")  # fmt: skip
     lines += [f"look at: {report / 'pareto.png'} (latency vs quality, frontier drawn)",

@@ -70,7 +70,7 @@ def summary(result: dict, out: Path) -> str:
     front = [r for r in ok if "fid" in r["pareto"]]
     if front:
         lines.append("Pareto frontier (latency vs FID): " + "; ".join(
-            f"{r['name']} {r['backend']}-{r['precision']} {r['steps']} step(s): {r['latency_b1']['p50_ms']:.1f} ms, "
+            f"{r['name']} {r.get('engine') or 'torch'} {r['steps']} step(s): {r['latency_b1']['p50_ms']:.1f} ms, "
             f"FID {r['fid']:.2f}" for r in sorted(front, key=lambda r: r["latency_b1"]["p50_ms"])))  # fmt: skip
     lines.append(f"report: {out / 'report.md'} | {out / 'report.html'} | chart: {out / 'pareto.png'}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import numpy as np
 from ...fsio import atomic_write, atomic_write_text
 from ...imaging import captioned_grid, make_grid, save_png
 
-COLUMNS = ("system", "backend", "precision", "steps", "NFE", "FID", "KID x1e3", "adherence", "p50 ms b1",
+COLUMNS = ("system", "runs on", "steps", "NFE", "FID", "KID x1e3", "adherence", "p50 ms b1",
            "p99 ms b1", "images/s", "MB", "peak RSS MB", "Pareto")  # fmt: skip
 
 
@@ -25,13 +25,18 @@ def table_rows(result: dict) -> list[list[str]]:
     rows = []
     for r in ok:
         rows.append([
-            r["name"], r["backend"], r["precision"], str(r["steps"]), str(r["nfe"]), _num(r["fid"], ".2f"),
+            r["name"], runs_on(r), str(r["steps"]), str(r["nfe"]), _num(r["fid"], ".2f"),
             _num(1e3 * r["kid_mean"], ".2f"), "-" if r.get("adherence") is None else f"{100 * r['adherence']:.1f}%",
             _num(r["latency_b1"]["p50_ms"], ".1f"), _num(r["latency_b1"]["p99_ms"], ".1f"),
             _num(r["images_per_s"], ".1f"), "-" if r.get("size_bytes") is None else f"{r['size_bytes'] / 1e6:.2f}",
             _num(r.get("peak_rss_mb"), ".0f"), " ".join("FID" if p == "fid" else "adh." for p in r["pareto"]) or "",
         ])  # fmt: skip
     return rows
+
+
+def runs_on(r: dict) -> str:
+    """'torch' or the engine id (e.g. onnx-int8-nncf: two int8 engines of one backend differ by quantizer)."""
+    return r.get("engine") or r.get("backend", "?")
 
 
 def not_measured(result: dict) -> list[dict]:
@@ -108,7 +113,7 @@ def render_html(result: dict, out: Path, pareto_png: Path | None, side_by_side: 
 
 
 def plot_pareto(result: dict, path: Path) -> Path | None:
-    """Latency (log axis) vs FID and vs adherence, every system labelled, frontiers drawn."""
+    """Latency (log axis) vs FID and vs adherence, frontiers drawn; torch systems and frontier points labelled."""
     import matplotlib
     import matplotlib.ticker
 
@@ -131,8 +136,9 @@ def plot_pareto(result: dict, path: Path) -> Path | None:
             x, y = r["latency_b1"]["p50_ms"], scale * r[metric]
             ax.scatter(x, y, color=colours[r["name"]], marker=markers.get(r["backend"], "o"), s=50, zorder=3,
                        edgecolors="black" if metric in r["pareto"] else "none")  # fmt: skip
-            ax.annotate(f"{r['name']} {r['steps']}s {_short(r)}", (x, y), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")  # fmt: skip
+            if metric in r["pareto"] or r["backend"] == "torch":  # engines off the frontier: in the table only
+                ax.annotate(f"{r['name']} {r['steps']}s {_short(r)}", (x, y), fontsize=7, xytext=(4, 3),
+                            textcoords="offset points")  # fmt: skip
         front = sorted((r for r in pts if metric in r["pareto"]), key=lambda r: r["latency_b1"]["p50_ms"])
         if front:
             ax.step([r["latency_b1"]["p50_ms"] for r in front], [scale * r[metric] for r in front], where="post",
@@ -157,7 +163,7 @@ def plot_pareto(result: dict, path: Path) -> Path | None:
 
 
 def _short(r: dict) -> str:
-    return "" if r["backend"] == "torch" else f"{r['backend'].replace('onnxruntime', 'ort')}-{r['precision']}"
+    return "" if r["backend"] == "torch" else runs_on(r)
 
 
 def render_grids(result: dict, out: Path) -> Path | None:
@@ -170,7 +176,7 @@ def render_grids(result: dict, out: Path) -> Path | None:
         images = np.load(npy, allow_pickle=False)
         save_png(make_grid(images, nrow=len(images)), npy.with_suffix(".png"))
         rows.append(images)
-        captions.append(f"{r['name']} {r['backend']}-{r['precision']} {r['steps']} step(s)")
+        captions.append(f"{r['name']} {runs_on(r)} {r['steps']} step(s)")
     if not rows:
         return None
     n = min(len(x) for x in rows)
