@@ -59,20 +59,25 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     return cls(**kwargs)
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty file: {}); errors name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of field: value; got {type(loaded).__name__}")
+    return loaded or {}
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
     """Defaults <- YAML file <- overrides (CLI flags that were given; None means 'not given')."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must be a mapping of field: value; got {type(loaded).__name__}")
-        data.update(loaded or {})
+        data.update(read_yaml_mapping(path, "config file"))
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return from_dict(cls, data, source=str(path) if path else "config")
 

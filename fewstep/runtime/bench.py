@@ -110,19 +110,27 @@ try:
            "first_image_s": t_first - t_start, "p50_ms": 1e3 * lat[len(lat) // 2] if lat else None}
 except BaseException as e:
     out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
-def _peak_mb():
-    # VmHWM is this process's own peak; ru_maxrss survives exec and can report the (larger) parent's peak
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    import resource as r
-    return round(r.getrusage(r.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-out["peak_rss_mb"] = _peak_mb()
+from fewstep.runtime.bench import peak_rss_mb
+out["peak_rss_mb"] = peak_rss_mb()
 print("FEWSTEP_BENCH " + json.dumps(out))
 """
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM, which exec resets (ru_maxrss keeps the parent's peak
+    across exec, so a child started from a large process would report the parent's)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1
+    )
 
 
 def cold_start(bundle: str | Path, engine: str | None = None, threads: int = 0, memory_mb: int | None = None,

@@ -165,17 +165,8 @@ try:
     out = {"ok": True, "load_s": round(t_loaded - t_start, 3), "first_image_s": round(time.time() - t_start, 3)}
 except BaseException as e:
     out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
-def _peak_mb():
-    # VmHWM is this process's own peak; ru_maxrss survives exec and can report the (larger) parent's peak
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    import resource as r
-    return round(r.getrusage(r.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-out["peak_rss_mb"] = _peak_mb()
+from fewstep.runtime.bench import peak_rss_mb
+out["peak_rss_mb"] = peak_rss_mb()
 print("FEWSTEP_BENCH " + json.dumps(out))
 """
 

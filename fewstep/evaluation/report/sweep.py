@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ...config import ConfigError, from_dict
+from ...config import ConfigError, from_dict, read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -143,14 +141,8 @@ def _check(cfg: SweepConfig, source: str) -> None:
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {e}") from None
-    return parse_sweep(data, source=str(path), base_dir=str(path.parent))
+    data = read_yaml_mapping(path, "sweep file")
+    return parse_sweep(data, source=str(path), base_dir=str(Path(path).parent))
 
 
 def sweep_to_dict(cfg: SweepConfig) -> dict:
