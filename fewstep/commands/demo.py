@@ -147,16 +147,20 @@ def _ok(code: int, stage: str) -> None:
 def closing_lines(result: dict, report: Path, seconds: float) -> str:
     ok = [r for r in result["systems"] if r["status"] == "ok"]
     teacher = next((r for r in ok if r["name"] == "teacher" and r["steps"] == 50), None)
-    front = sorted((r for r in ok if "fid" in r["pareto"]), key=lambda r: r["latency_b1"]["p50_ms"])
-    lines = [f"\ndone in {seconds / 60:.1f} min. {len(ok)} systems measured on the same prompts and seeds."]
+    fronts = {m: sorted((r for r in ok if m in r["pareto"]), key=lambda r: r["latency_b1"]["p50_ms"])
+              for m in ("fid", "adherence")}  # fmt: skip
+    lines = [f"\ndone in {seconds / 60:.1f} min. {len(ok)} systems on the same prompts and seeds "
+             f"({result.get('reused', 0)} reused from an earlier run)."]
     if teacher:
         lines.append(f"  the teacher at 50 steps (CFG): {teacher['latency_b1']['p50_ms']:.0f} ms per image, "
                      f"FID {teacher['fid']:.2f}, adherence {100 * teacher['adherence']:.0f}%")  # fmt: skip
-    for r in front:
-        speed = f" ({teacher['latency_b1']['p50_ms'] / r['latency_b1']['p50_ms']:.0f}x faster)" if teacher else ""
-        lines.append(f"  on the frontier: {r['name']} {r.get('engine') or 'torch'} {r['steps']} step(s): "
-                     f"{r['latency_b1']['p50_ms']:.1f} ms{speed}, FID {r['fid']:.2f}, "
-                     f"adherence {100 * r['adherence']:.0f}%")  # fmt: skip
+    for metric, title in (("fid", "latency vs domain FID"), ("adherence", "latency vs adherence")):
+        lines.append(f"  Pareto frontier, {title} (fastest first):")
+        for r in fronts[metric]:
+            speed = f" ({teacher['latency_b1']['p50_ms'] / r['latency_b1']['p50_ms']:.0f}x faster)" if teacher else ""
+            lines.append(f"    {r['name']} {r.get('engine') or 'torch'} {r['steps']} step(s): "
+                         f"{r['latency_b1']['p50_ms']:.1f} ms{speed}, FID {r['fid']:.2f}, "
+                         f"adherence {100 * r['adherence']:.0f}%")  # fmt: skip
     lines += [f"look at: {report / 'pareto.png'} (latency vs quality, frontier drawn)",
               f"         {report / 'report.html'} (the whole report, one file)",
               f"         {report / 'samples_side_by_side.png'} (same prompts and seeds, a row per system)"]  # fmt: skip

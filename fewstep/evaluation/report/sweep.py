@@ -98,6 +98,9 @@ class Unit:
         return f"{self.system.name} {where} {self.steps or 'own'}-step"
 
 
+# bump when what a measurement means changes (e.g. how memory is read), so stored results are not reused
+MEASURE_VERSION = 2
+
 SECTIONS = {"data": DataConfig, "metrics": MetricsConfig, "latency": LatencyConfig}
 
 
@@ -180,6 +183,7 @@ def expand(cfg: SweepConfig, engine_ids: dict[str, list[str]]) -> list[Unit]:
 def measurement_key(cfg: SweepConfig, unit: Unit, artifact_sha: str) -> str:
     """What a measurement depends on; a stored result with the same key is reused."""
     payload = {
+        "measure_version": MEASURE_VERSION,
         "data": asdict(cfg.data),
         "metrics": asdict(cfg.metrics),
         "latency": asdict(cfg.latency),
