@@ -87,3 +87,16 @@ def test_settings_parse_and_count_evaluations():
     assert Setting.parse("heun:5:1").nfe == 9
     with pytest.raises(ValueError, match="SAMPLER:STEPS:GUIDANCE"):
         Setting.parse("euler-4")
+
+
+def test_reference_metrics_reuse_real_features_and_match_fid_kid(space):
+    """A sweep scores many systems against one real set: its features are computed once, with the same numbers."""
+    from fewstep.evaluation.quality import ReferenceMetrics
+
+    real_a, real_b = _real(11, 120), _real(12, 120)
+    ref = ReferenceMetrics(real_a, space, kid_subset=50)
+    for fake in (real_b, _blur(real_b, 1.5), real_b):  # reset between systems: the third equals the first
+        expected = fid_kid(real_a, fake, space, kid_subset=50)
+        got = ref.score(fake)
+        assert got["fid"] == pytest.approx(expected["fid"], rel=1e-6)
+        assert got["kid_mean"] == pytest.approx(expected["kid_mean"], rel=1e-6, abs=1e-9)

@@ -49,29 +49,52 @@ def _to_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
-@torch.no_grad()
+class ReferenceMetrics:
+    """FID and KID against one real set whose features are computed once (a sweep scores many systems against it)."""
+
+    def __init__(self, real: np.ndarray, space: FeatureSpace, kid_subset: int = 100, seed: int = 0):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        _check_uint8(real)
+        if len(real) < 2:
+            raise ValueError("FID needs at least 2 images per set")
+        self.n_real, self.kid_subset, self.seed = len(real), kid_subset, seed
+        self.fid = FrechetInceptionDistance(feature=space.module, normalize=False, reset_real_features=False)
+        # KID's subset size is fixed at construction; fake sets smaller than the real one get their own metric
+        self.kid = KernelInceptionDistance(feature=space.module, subset_size=min(kid_subset, len(real)),
+                                           normalize=False, reset_real_features=False)  # fmt: skip
+        with torch.no_grad():
+            for i in range(0, len(real), 256):
+                batch = _to_nchw(real[i : i + 256])
+                self.fid.update(batch, real=True)
+                self.kid.update(batch, real=True)
+
+    @torch.no_grad()
+    def score(self, fake: np.ndarray) -> dict:
+        """uint8 (N, H, W, 3) -> {'fid', 'kid_mean', 'kid_std'}."""
+        _check_uint8(fake)
+        if len(fake) < 2:
+            raise ValueError("FID needs at least 2 images per set")
+        if len(fake) < self.kid.subset_size:
+            raise ValueError(f"KID subsets of {self.kid.subset_size} need at least that many images; got {len(fake)}")
+        self.fid.reset()  # keeps the real features
+        self.kid.reset()
+        for i in range(0, len(fake), 256):
+            batch = _to_nchw(fake[i : i + 256])
+            self.fid.update(batch, real=False)
+            self.kid.update(batch, real=False)
+        torch.manual_seed(self.seed)  # KID draws random subsets
+        kid_mean, kid_std = self.kid.compute()
+        return {"fid": float(self.fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def _check_uint8(images: np.ndarray) -> None:
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"FID/KID expect uint8 (N, H, W, 3) arrays; got {images.dtype}{images.shape}")
+
+
 def fid_kid(real: np.ndarray, fake: np.ndarray, space: FeatureSpace, kid_subset: int = 100, seed: int = 0) -> dict:
     """uint8 (N, H, W, 3) sets -> {'fid', 'kid_mean', 'kid_std'} in the given feature space."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    if real.ndim != 4 or fake.ndim != 4 or real.dtype != np.uint8 or fake.dtype != np.uint8:
-        raise ValueError(
-            f"fid_kid expects uint8 (N, H, W, 3) arrays; got {real.dtype}{real.shape}, {fake.dtype}{fake.shape}"
-        )
-    if min(len(real), len(fake)) < 2:
-        raise ValueError("FID needs at least 2 images per set")
-    fid = FrechetInceptionDistance(feature=space.module, normalize=False)
-    subset = min(kid_subset, len(real), len(fake))
-    torch.manual_seed(seed)  # KID draws random subsets
-    kid = KernelInceptionDistance(feature=space.module, subset_size=subset, normalize=False)
-    for i in range(0, len(real), 256):
-        batch = _to_nchw(real[i : i + 256])
-        fid.update(batch, real=True)
-        kid.update(batch, real=True)
-    for i in range(0, len(fake), 256):
-        batch = _to_nchw(fake[i : i + 256])
-        fid.update(batch, real=False)
-        kid.update(batch, real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+    _check_uint8(fake)
+    return ReferenceMetrics(real, space, min(kid_subset, len(fake)), seed).score(fake)

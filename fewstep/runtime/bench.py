@@ -136,11 +136,16 @@ def peak_rss_mb() -> float:
 def cold_start(bundle: str | Path, engine: str | None = None, threads: int = 0, memory_mb: int | None = None,
                runs: int = 10, timeout: float = 300) -> dict:  # fmt: skip
     """A fresh Python process: start -> bundle loaded -> first image, then `runs` batch-1 latencies; peak RSS."""
-    t_start = time.time()
-    args = [str(t_start), str(bundle), engine or "", str(memory_mb or 0), str(threads), str(runs)]
+    return run_probe(_CHILD, [str(bundle), engine or "", str(memory_mb or 0), str(threads), str(runs)], threads,
+                     timeout)  # fmt: skip
+
+
+def run_probe(code: str, args: list[str], threads: int, timeout: float) -> dict:
+    """Run a probe script in a fresh Python (argv[1] = its start time) and parse the `FEWSTEP_BENCH {json}` line
+    it prints; times are rounded to ms. A probe that dies is {"ok": False, "error": ...}, never an exception."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.cpu_count() or 1))
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, str(time.time()), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)  # fmt: skip
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FEWSTEP_BENCH ")), None)
     if line is None:
         return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}

@@ -7,17 +7,13 @@ fresh process per system (the sweep's own process holds every model it has seen)
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ...runtime.bench import cold_start, percentiles
+from ...runtime.bench import cold_start, percentiles, run_probe
 from ...sampling_rules import guidance_mode, resolve_guidance
 from .sweep import SweepConfig, Unit
 
@@ -57,7 +53,8 @@ def _steps_of(sampler: dict, steps: int | None) -> int:
     return len(times) if sampler.get("rule") == "consistency" else len(times) - 1
 
 
-def load_torch(cfg: SweepConfig, unit: Unit) -> Loaded:
+def load_torch(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
+    """`cache`: models loaded earlier in this sweep (a teacher at six step counts is read and set up once)."""
     import torch
     import transformers
 
@@ -68,7 +65,10 @@ def load_torch(cfg: SweepConfig, unit: Unit) -> Loaded:
     if cfg.latency.threads:
         torch.set_num_threads(cfg.latency.threads)
     model = cfg.resolve(unit.system.model)
-    pipe = TorchPipeline.from_checkpoint(model)
+    if ("torch", model) not in cache:
+        cache.clear()  # one model held at a time: systems of a model are consecutive in a sweep
+        cache["torch", model] = TorchPipeline.from_checkpoint(model)
+    pipe = cache["torch", model]
     sampler = pipe.spec["sampler"]
     _probe(pipe.generate, unit.steps, unit.system.guidance)
     w = resolve_guidance(sampler, unit.system.guidance)
@@ -107,11 +107,15 @@ def _checkpoint_file(model: str) -> Path | None:
         return None
 
 
-def load_engine(cfg: SweepConfig, unit: Unit) -> Loaded:
+def load_engine(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
     from ...runtime import Generator
 
     bundle = cfg.resolve(unit.system.bundle, output=True)
-    gen = Generator.from_bundle(bundle, engine=unit.engine, threads=cfg.latency.threads or None)
+    if ("engine", bundle, unit.engine) not in cache:
+        cache.clear()
+        cache["engine", bundle, unit.engine] = Generator.from_bundle(bundle, engine=unit.engine,
+                                                                     threads=cfg.latency.threads or None)  # fmt: skip
+    gen = cache["engine", bundle, unit.engine]
     sampler = gen.sampler
     _probe(gen.generate, unit.steps, unit.system.guidance)
     w = resolve_guidance(sampler, unit.system.guidance)
@@ -162,7 +166,7 @@ try:
     steps = int(sys.argv[4]) or None
     w = float(sys.argv[5]) if sys.argv[5] else None
     pipe.generate(["a red circle on the left"], [0], steps, w)
-    out = {"ok": True, "load_s": round(t_loaded - t_start, 3), "first_image_s": round(time.time() - t_start, 3)}
+    out = {"ok": True, "load_s": t_loaded - t_start, "first_image_s": time.time() - t_start}
 except BaseException as e:
     out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
 from fewstep.runtime.bench import peak_rss_mb
@@ -176,12 +180,6 @@ def fresh_process(cfg: SweepConfig, unit: Unit, timeout: float = 600) -> dict:
     if unit.system.kind == "engine":
         bundle = cfg.resolve(unit.system.bundle, output=True)
         return cold_start(bundle, unit.engine, threads=cfg.latency.threads, runs=0, timeout=timeout)
-    args = [str(time.time()), str(cfg.resolve(unit.system.model)), str(cfg.latency.threads), str(unit.steps or 0),
+    args = [str(cfg.resolve(unit.system.model)), str(cfg.latency.threads), str(unit.steps or 0),
             "" if unit.system.guidance is None else str(unit.system.guidance)]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.latency.threads or os.cpu_count() or 1))
-    proc = subprocess.run([sys.executable, "-c", _TORCH_CHILD, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)  # fmt: skip
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FEWSTEP_BENCH ")), None)
-    if line is None:
-        return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
-    return json.loads(line.split(" ", 1)[1])
+    return run_probe(_TORCH_CHILD, args, cfg.latency.threads, timeout)

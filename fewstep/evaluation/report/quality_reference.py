@@ -6,7 +6,7 @@ import numpy as np
 
 from ...models.datasets import make_dataset
 from ..evaluate import EVAL_PROMPT_SEED, REFERENCE_SEED, _eval_set, adherence
-from ..quality import FeatureSpace, fid_kid, inception_features, judge_features
+from ..quality import FeatureSpace, ReferenceMetrics, fid_kid, inception_features, judge_features
 from ..train_judge import load_judge
 from .sweep import SweepConfig
 
@@ -40,6 +40,7 @@ class QualityReference:
         self.judge_name = judge_name
         self.space: FeatureSpace = (inception_features(cfg.resolve(m.inception_weights)) if m.inception_weights
                                     else judge_features(judge_name))  # fmt: skip
+        self.metrics = ReferenceMetrics(self.real, self.space, kid_subset=self.kid_subset)  # real features once
         self.real_vs_real = None
         if d.dataset == "shapes":  # the floor: a second real set of the same prompts' distribution
             ref = _eval_set("shapes", len(self.real), REFERENCE_SEED)
@@ -63,7 +64,7 @@ class QualityReference:
             raise ValueError(f"the system made images of shape {images.shape}; the reference set is {self.real.shape}")
         if images.shape[1:3] != self.real.shape[1:3]:  # another resolution: compared at the reference's
             images = resize(images, self.real.shape[1:3])
-        out = fid_kid(self.real, images, self.space, kid_subset=self.kid_subset)
+        out = self.metrics.score(images)
         out["adherence"] = None
         if self.judge is not None:
             out["adherence"] = float(np.mean(adherence(self.dataset, self.judge, images, self.labels)))

@@ -87,7 +87,7 @@ def _not_measured(unit: Unit, status: str, reason: str, key: str, info: dict | N
 
 
 def measure_unit(cfg: SweepConfig, unit: Unit, key: str, ref: QualityReference, bundles: Bundles,
-                 out: Path, bar: tqdm | None) -> dict:  # fmt: skip
+                 out: Path, bar: tqdm | None, loaded_cache: dict) -> dict:  # fmt: skip
     """One system -> its result row (status ok) or a row that says why it was not measured."""
     bundle = str(cfg.resolve(unit.system.bundle, output=True)) if unit.system.kind == "engine" else None
     if bundle is not None:
@@ -99,7 +99,8 @@ def measure_unit(cfg: SweepConfig, unit: Unit, key: str, ref: QualityReference, 
                                  {"backend": refused[unit.engine].get("backend"),
                                   "precision": refused[unit.engine].get("precision")})  # fmt: skip
     try:
-        loaded: Loaded = load_engine(cfg, unit) if bundle is not None else load_torch(cfg, unit)
+        load = load_engine if bundle is not None else load_torch
+        loaded: Loaded = load(cfg, unit, loaded_cache)
     except BackendUnavailable as e:
         return _not_measured(unit, "unavailable", f"not run here: {e}", key)
     except UnsupportedRequest as e:
@@ -178,7 +179,7 @@ def run_report(cfg: SweepConfig, out: str | Path, rerun: bool = False, progress:
         "systems": [],
     }
     ref: QualityReference | None = None
-    reused = 0
+    reused, loaded_cache = 0, {}
     bar = tqdm(units, desc="report", unit="system", disable=not progress)
     for unit in bar:
         key = measurement_key(cfg, unit, artifact_sha(cfg, unit, bundles))
@@ -192,7 +193,7 @@ def run_report(cfg: SweepConfig, out: str | Path, rerun: bool = False, progress:
             ref = QualityReference(cfg)
             result.update(ref.describe())
         try:
-            row = measure_unit(cfg, unit, key, ref, bundles, out, bar)
+            row = measure_unit(cfg, unit, key, ref, bundles, out, bar, loaded_cache)
         except Exception as e:
             row = _not_measured(unit, "failed", f"{type(e).__name__}: {e}", key)
             row["traceback"] = traceback.format_exc(limit=4)
