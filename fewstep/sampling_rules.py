@@ -1,8 +1,9 @@
 """What a model's spec says about sampling, in plain Python + numpy (shared by torch pipelines and the runtime).
 
 A spec's `sampler` holds the rule (`euler` on velocity or `consistency` re-noising), its own schedule
-(`timesteps`) or `default_steps`, the consistency `grid`, and the guidance mode: `cfg` (two branches),
-`embedded` (a w input with its trained `range`) or `none` (guidance baked in at `baked_scale`).
+(`timesteps`) or `default_steps` (with the time `shift` of SD3-style teachers), the consistency `grid`, and
+the guidance mode: `cfg` (two branches), `embedded` (a w input with its trained `range`) or `none` (guidance
+baked in at `baked_scale`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def schedule(sampler: dict, steps: int | None) -> np.ndarray:
         steps = int(sampler.get("default_steps", 50))
     if sampler.get("rule") == "consistency":
         return consistency_times(steps, int(sampler.get("grid", 1000)))
-    return uniform_times(steps)
+    return uniform_times(steps, float(sampler.get("shift", 1.0)))  # SD3-style teachers shift towards noise
 
 
 def guidance_mode(sampler: dict) -> str:

@@ -1,7 +1,8 @@
 """Training batches from a captioned dataset: images rendered and captions encoded once, then indexed.
 
 The batch at step k depends only on (seed, k), so a resumed run sees exactly the batches an uninterrupted
-run would have seen. The rendered images and text embeddings are cached in the run directory.
+run would have seen. The rendered images and text embeddings are cached in the run directory. For latent
+teachers the images are encoded once by the pipeline's VAE and batches hold latents.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from ..models.contract import Cond
 from ..models.datasets import CaptionedImages, to_model_range
 from ..models.text_encoders import TextEncoder
 
+OPTIONAL = ("pooled", "extra_ids", "latents")  # pooled text / SDXL ids per caption; VAE latents per image
+
 
 class EncodedDataset:
-    """All images (uint8) and the text embeddings of all distinct captions, in memory."""
+    """All images (uint8; latents too for latent teachers) and the embeddings of all distinct captions."""
 
-    def __init__(
-        self, images: np.ndarray, caption_index: np.ndarray, text: torch.Tensor, mask: torch.Tensor, captions: list[str]
-    ):
+    def __init__(self, images: np.ndarray, caption_index: np.ndarray, text: torch.Tensor, mask: torch.Tensor,
+                 captions: list[str], pooled: torch.Tensor | None = None, extra_ids: torch.Tensor | None = None,
+                 latents: torch.Tensor | None = None):  # fmt: skip
         self.images, self.caption_index, self.text, self.mask, self.captions = (
             images,
             caption_index,
@@ -31,12 +34,14 @@ class EncodedDataset:
             mask,
             captions,
         )
+        self.pooled, self.extra_ids, self.latents = pooled, extra_ids, latents
 
     def __len__(self) -> int:
         return len(self.images)
 
     @classmethod
-    def build(cls, dataset: CaptionedImages, encoder: TextEncoder, cache: Path | None = None) -> EncodedDataset:
+    def build(cls, dataset: CaptionedImages, encoder: TextEncoder, cache: Path | None = None,
+              codec=None) -> EncodedDataset:  # fmt: skip
         key = {
             "dataset": dataset.name,
             "n": len(dataset),
@@ -44,18 +49,15 @@ class EncodedDataset:
             "image_size": dataset.image_size,
             "encoder": encoder.spec,
             "fingerprint": dataset.fingerprint(),  # changes when a folder's files or a generator's version do
-        }
+            "codec": None if codec is None else [type(codec.vae).__name__, codec.scaling_factor, codec.shift_factor,
+                                                 sum(float(p.double().sum()) for p in codec.vae.parameters())],
+        }  # fmt: skip
         if cache is not None and cache.is_file():
             try:
                 tensors, meta = load_tensors(cache)
                 if meta.get("key") == key:
-                    return cls(
-                        tensors["images"].numpy(),
-                        tensors["caption_index"].numpy(),
-                        tensors["text"],
-                        tensors["mask"],
-                        meta["captions"],
-                    )
+                    return cls(tensors["images"].numpy(), tensors["caption_index"].numpy(), tensors["text"],
+                               tensors["mask"], meta["captions"], *(tensors.get(k) for k in OPTIONAL))  # fmt: skip
             except CheckpointError:
                 pass  # a stale or broken cache is rebuilt, never trusted
         images, captions = [], []
@@ -65,34 +67,35 @@ class EncodedDataset:
             captions.append(cap)
         distinct = list(dict.fromkeys(captions))
         where = {c: j for j, c in enumerate(distinct)}
-        text, mask = [], []
+        conds = []
         for i in tqdm(range(0, len(distinct), 256), desc="encode captions", mininterval=2, leave=False):
-            c = encoder.encode(distinct[i : i + 256])
-            text.append(c.text.half())
-            mask.append(c.text_mask.to(torch.uint8))
-        enc = cls(
-            np.stack(images),
-            np.array([where[c] for c in captions], dtype=np.int64),
-            torch.cat(text),
-            torch.cat(mask),
-            distinct,
-        )
+            conds.append(encoder.encode(distinct[i : i + 256]))
+        c = Cond.cat(conds)
+        images = np.stack(images)
+        latents = None
+        if codec is not None:
+            latents = torch.cat([codec.encode(torch.from_numpy(to_model_range(images[i : i + 32])))
+                                 for i in tqdm(range(0, len(images), 32), desc="encode images (VAE)", mininterval=2,
+                                               leave=False)]).half()  # fmt: skip
+        enc = cls(images, np.array([where[c] for c in captions], dtype=np.int64), c.text.half(),
+                  c.text_mask.to(torch.uint8), distinct, None if c.pooled is None else c.pooled.half(),
+                  c.extra_ids, latents)  # fmt: skip
         if cache is not None:
-            save_tensors(
-                cache,
-                {
-                    "images": torch.from_numpy(enc.images),
-                    "caption_index": torch.from_numpy(enc.caption_index),
-                    "text": enc.text,
-                    "mask": enc.mask,
-                },
-                {"key": key, "captions": distinct},
-            )
+            tensors = {"images": torch.from_numpy(enc.images), "caption_index": torch.from_numpy(enc.caption_index),
+                       "text": enc.text, "mask": enc.mask}  # fmt: skip
+            tensors.update({k: getattr(enc, k) for k in OPTIONAL if getattr(enc, k) is not None})
+            save_tensors(cache, tensors, {"key": key, "captions": distinct})
         return enc
 
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, Cond]:
-        """(x0 (B, C, H, W) in [-1, 1], Cond) for training step `step`; deterministic in (seed, step)."""
+        """(x0 (B, C, H, W): images in [-1, 1] or latents, Cond) for training step `step`; deterministic in
+        (seed, step)."""
         idx = np.random.default_rng([seed, step, 7]).integers(0, len(self), size=batch_size)
-        x0 = torch.from_numpy(to_model_range(self.images[idx]))
+        if self.latents is not None:
+            x0 = self.latents[torch.from_numpy(idx)].float()
+        else:
+            x0 = torch.from_numpy(to_model_range(self.images[idx]))
         ci = torch.from_numpy(self.caption_index[idx])
-        return x0, Cond(self.text[ci].float(), self.mask[ci].float())
+        return x0, Cond(self.text[ci].float(), self.mask[ci].float(),
+                        None if self.pooled is None else self.pooled[ci].float(), None,
+                        None if self.extra_ids is None else self.extra_ids[ci].float())  # fmt: skip

@@ -19,7 +19,8 @@ from ..fsio import atomic_write_text
 from ..imaging import captioned_grid, save_png, to_uint8
 from ..models.checkpoint import CheckpointError
 from ..models.datasets import make_dataset
-from ..models.loading import load_model, resolve_checkpoint, save_model
+from ..models.diffusers_dir import decoded_size, load_codec
+from ..models.loading import load_model, model_sha256, resolve_checkpoint, save_model
 from ..models.pipeline import TorchPipeline, resolve_guidance, sampling_times
 from ..models.samplers import consistency_timesteps, uniform_timesteps
 from ..models.text_encoders import load_text_encoder
@@ -32,8 +33,8 @@ from .methods.instaflow import InstaFlowLoss
 from .methods.progressive import ProgressiveLoss
 from .methods.reflow import ReflowLoss
 from .methods.slimflow import AnnealingReflowLoss, FlowGuidedLoss
-from .pairs import PairCache, sha256_file
-from .students import INITS, build_student, init_student, student_unet_config
+from .pairs import PairCache
+from .students import INITS, build_student, init_student, same_architecture, student_architecture
 from .trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
 
 METHODS = ("reflow", "slimflow", "instaflow", "guidance", "consistency", "progressive", "dmd")
@@ -133,12 +134,13 @@ class Distiller:
         self.cfg, self.out = cfg, out
         self.teacher_path = resolve_checkpoint(cfg.teacher)
         self.teacher, self.teacher_spec = load_model(self.teacher_path)
-        self.teacher_sha256 = sha256_file(self.teacher_path)
+        self.teacher_sha256 = model_sha256(self.teacher_path)
         self.encoder = load_text_encoder(self.teacher_spec["text_encoder"])
         self.null = self.encoder.null(1)
         gdim = cfg.guidance_dim if cfg.method == "guidance" else None
-        self.unet = student_unet_config(cfg.student, self.teacher_spec["unet"], gdim)
-        self.same_arch = {k: v for k, v in self.unet.items() if k != "time_cond_proj_dim"} == self.teacher_spec["unet"]
+        self.arch = student_architecture(cfg.student, self.teacher_spec, gdim)
+        self.same_arch = same_architecture(self.arch, self.teacher_spec)
+        self.codec = load_codec(self.teacher_spec)  # latent teachers: the VAE that encodes training images
         self.init = _auto_init(cfg, self.same_arch)
         self.name = cfg.name or f"{self.teacher_spec.get('name', 'teacher')}-{cfg.method}-{cfg.student}"
         self._pairs: PairCache | None = None
@@ -162,10 +164,10 @@ class Distiller:
     @property
     def data(self) -> EncodedDataset:
         if self._data is None:
-            img = self.teacher_spec["image"]
-            ds = make_dataset(self.cfg.dataset, img["height"], self.cfg.data_seed, self.cfg.dataset_size,
-                              self.cfg.data_path)  # fmt: skip
-            self._data = EncodedDataset.build(ds, self.encoder, cache=self.out / "data_cache.safetensors")
+            size = decoded_size(self.teacher_spec)
+            ds = make_dataset(self.cfg.dataset, size, self.cfg.data_seed, self.cfg.dataset_size, self.cfg.data_path)
+            self._data = EncodedDataset.build(ds, self.encoder, cache=self.out / "data_cache.safetensors",
+                                              codec=self.codec)  # fmt: skip
         return self._data
 
     def pair_batch(self, step: int):
@@ -177,7 +179,7 @@ class Distiller:
     # ---- students ----------------------------------------------------------------------------
     def new_student(self, init: str | None = None, source: torch.nn.Module | None = None) -> tuple:
         torch.manual_seed(self.cfg.seed)
-        student = build_student(self.unet)
+        student = build_student(self.arch)
         report = init_student(student, source if source is not None else self.teacher, init or self.init)
         return student, report
 
@@ -186,13 +188,13 @@ class Distiller:
         sampler = {"rule": rule, "timesteps": times, "default_steps": len(times) - (rule == "euler"),
                    "guidance": guidance, **extra.pop("sampler", {})}  # fmt: skip
         return {
-            "kind": "unet-flow",
+            **self.arch,
             "name": self.name,
             "role": "student",
             "preset": self.cfg.student,
-            "unet": self.unet,
             "text_encoder": self.teacher_spec["text_encoder"],
             "image": img,
+            **({"latent": self.teacher_spec["latent"]} if "latent" in self.teacher_spec else {}),
             "sampler": sampler,
             "training": {
                 "method": self.cfg.method,
@@ -215,12 +217,12 @@ class Distiller:
         def sample(ema: torch.nn.Module, step: int, where: Path) -> None:
             spec = spec_fn(step)
             dev = next(ema.parameters()).device
-            pipe = TorchPipeline(ema.to("cpu"), spec, self.encoder)
+            pipe = TorchPipeline(ema.to("cpu"), spec, self.encoder, self.codec)
             times, w = sampling_times(spec, None), resolve_guidance(spec, None)
             rows = [pipe.sample(cond.index(slice(i, i + 1)).repeat(len(seeds)), seeds, times, w)
                     for i in range(len(SAMPLE_PROMPTS))]  # fmt: skip
             ema.to(dev)
-            images = to_uint8(torch.cat(rows).numpy())
+            images = to_uint8(pipe.decode(torch.cat(rows)).numpy())
             save_png(captioned_grid(images, SAMPLE_PROMPTS, nrow=len(seeds)), where / f"step_{step:07d}.png")
 
         return sample
@@ -312,7 +314,7 @@ def _run_slimflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, pro
     s1 = out / "stage1"
     loss1 = AnnealingReflowLoss(cfg.anneal_steps, cfg.anneal_schedule, cfg.t_sampling)
     guide = d.run_loop(student, loss1, d.pair_batch, cfg.loop(), s1, spec1, resume, progress)
-    student2 = build_student(d.unet)
+    student2 = build_student(d.arch)
     student2.load_state_dict(guide.state_dict())
 
     def spec2(step):

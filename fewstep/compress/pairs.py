@@ -9,7 +9,6 @@ s % world_size == r. Every method that needs pairs (reflow, SlimFlow, InstaFlow,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from ..fsio import atomic_write_text
 from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
 from ..models.contract import Cond
 from ..models.datasets import make_dataset
-from ..models.loading import load_model, resolve_checkpoint
+from ..models.diffusers_dir import decoded_size
+from ..models.loading import load_model, model_sha256, resolve_checkpoint
 from ..models.samplers import get_sampler, seeded_noise, uniform_timesteps
 from ..models.text_encoders import load_text_encoder
 
@@ -55,14 +55,6 @@ class PairsConfig:
             raise ValueError(f"guidance must be in [0, 30]; got {self.guidance}")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def dist_rank_world() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) in a plain process."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -89,8 +81,8 @@ def build_pairs(
     encoder = load_text_encoder(spec["text_encoder"])
     img = spec["image"]
     shape = (img["channels"], img["height"], img["width"])
-    dataset = make_dataset(cfg.dataset, img["height"], cfg.data_seed, cfg.n, cfg.data_path)
-    key = cache_key(cfg, sha256_file(teacher_path), dataset.fingerprint())
+    dataset = make_dataset(cfg.dataset, decoded_size(spec), cfg.data_seed, cfg.n, cfg.data_path)
+    key = cache_key(cfg, model_sha256(teacher_path), dataset.fingerprint())
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
@@ -107,10 +99,13 @@ def build_pairs(
     n_shards = -(-cfg.n // cfg.shard_size)
     if rank == 0:
         if not (out / CAPTIONS).is_file():
-            conds = [encoder.encode(distinct[i : i + 256]) for i in range(0, len(distinct), 256)]
-            text = torch.cat([c.text for c in conds]).half()
-            mask = torch.cat([c.text_mask for c in conds]).to(torch.uint8)
-            save_tensors(out / CAPTIONS, {"text": text, "mask": mask}, {"captions": distinct})
+            c = Cond.cat([encoder.encode(distinct[i : i + 256]) for i in range(0, len(distinct), 256)])
+            tensors = {"text": c.text.half(), "mask": c.text_mask.to(torch.uint8)}
+            if c.pooled is not None:  # pooled text (SDXL / SD3) and SDXL size/crop ids go with each caption
+                tensors["pooled"] = c.pooled.half()
+            if c.extra_ids is not None:
+                tensors["extra_ids"] = c.extra_ids
+            save_tensors(out / CAPTIONS, tensors, {"captions": distinct})
         manifest = {"key": key, "n_shards": n_shards, "teacher_spec": {k: spec[k] for k in ("name", "image")},
                     "text_encoder": spec["text_encoder"]}  # fmt: skip
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
@@ -141,10 +136,12 @@ def build_pairs(
 class PairCache:
     """All pairs of a complete cache in memory; `batch(step, B, seed)` is deterministic in (seed, step)."""
 
-    def __init__(self, noise: torch.Tensor, x0: torch.Tensor, caption_index: torch.Tensor, text, mask, meta: dict):
+    def __init__(self, noise: torch.Tensor, x0: torch.Tensor, caption_index: torch.Tensor, text, mask, meta: dict,
+                 pooled: torch.Tensor | None = None, extra_ids: torch.Tensor | None = None):  # fmt: skip
         self.noise, self.x0, self.caption_index, self.text, self.mask, self.meta = (
             noise, x0, caption_index, text, mask, meta,
         )  # fmt: skip
+        self.pooled, self.extra_ids = pooled, extra_ids
 
     def __len__(self) -> int:
         return len(self.noise)
@@ -177,11 +174,14 @@ class PairCache:
             parts.append(tensors)
         caps, _ = load_tensors(root / CAPTIONS)
         cat = lambda k: torch.cat([p[k] for p in parts])  # noqa: E731
-        return cls(cat("noise"), cat("x0"), cat("caption_index"), caps["text"], caps["mask"], meta)
+        return cls(cat("noise"), cat("x0"), cat("caption_index"), caps["text"], caps["mask"], meta, caps.get("pooled"),
+                   caps.get("extra_ids"))  # fmt: skip
 
     def cond(self, idx: torch.Tensor) -> Cond:
         ci = self.caption_index[idx]
-        return Cond(self.text[ci].float(), self.mask[ci].float())
+        pooled = None if self.pooled is None else self.pooled[ci].float()
+        ids = None if self.extra_ids is None else self.extra_ids[ci].float()
+        return Cond(self.text[ci].float(), self.mask[ci].float(), pooled, None, ids)
 
     def batch(self, step: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, Cond]:
         """(noise, x0_hat, Cond) for training step `step`."""

@@ -13,8 +13,8 @@ from collections import defaultdict
 
 import torch
 
+from ..models.model_kinds import build_model, network_key, network_of
 from ..models.presets import get_preset
-from ..models.unet_flow import UNetFlowModel, build_unet_flow
 
 INITS = ("scratch", "teacher", "sliced")
 
@@ -109,7 +109,34 @@ def slice_state(teacher: dict[str, torch.Tensor], student: dict[str, torch.Tenso
     return out, report
 
 
-def init_student(student: UNetFlowModel, teacher: UNetFlowModel | None, how: str) -> dict:
+def student_architecture(preset: str | None, teacher_spec: dict, guidance_dim: int | None = None) -> dict:
+    """The student's `kind` + network config (+ the teacher's parametrization: VP alphas, flow time scale).
+
+    Built-in (pixel, `unet-flow`) teachers take any preset; latent pipeline teachers (`unet-vp`,
+    `transformer-flow`) take 'same' or a JSON config of your own (the presets are 32x32 pixel designs)."""
+    kind = teacher_spec["kind"]
+    arch = {k: teacher_spec[k] for k in ("kind", "vp", "flow") if k in teacher_spec}
+    if kind != "unet-flow" and preset not in (None, "", "same") and not str(preset).endswith(".json"):
+        raise ValueError(f"student preset {preset!r} is a 32x32 pixel design; a {kind} pipeline teacher takes "
+                         "--student same (LoRA or full) or a JSON network config of your own")  # fmt: skip
+    if kind == "transformer-flow":
+        if guidance_dim:
+            raise ValueError("guidance distillation adds a w input to a UNet's time embedding; SD3-style "
+                             "transformers have none: distil with another method")  # fmt: skip
+        if preset not in (None, "", "same"):
+            raise ValueError("transformer students are the teacher's own architecture: use --student same")
+        return {**arch, "transformer": dict(teacher_spec["transformer"])}
+    return {**arch, "unet": student_unet_config(preset, teacher_spec["unet"], guidance_dim)}
+
+
+def same_architecture(student_arch: dict, teacher_spec: dict) -> bool:
+    """Equal networks, ignoring an added guidance input."""
+    key = network_key(teacher_spec)
+    strip = {k: v for k, v in student_arch[key].items() if k != "time_cond_proj_dim"}
+    return strip == {k: v for k, v in teacher_spec[key].items() if k != "time_cond_proj_dim"}
+
+
+def init_student(student: torch.nn.Module, teacher: torch.nn.Module | None, how: str) -> dict:
     """Initialise `student` in place: scratch | teacher (same architecture) | sliced; returns a report."""
     if how not in INITS:
         raise ValueError(f"unknown init {how!r}; choose one of {', '.join(INITS)}")
@@ -133,11 +160,12 @@ def init_student(student: UNetFlowModel, teacher: UNetFlowModel | None, how: str
         student.load_state_dict(state, strict=False)
         report = {"init": "sliced", **report}
     # an added guidance input starts at zero: the student begins as the teacher's conditional branch
-    proj = getattr(student.unet.time_embedding, "cond_proj", None)
-    if proj is not None and "unet.time_embedding.cond_proj.weight" not in t_state:
+    proj = getattr(getattr(network_of(student), "time_embedding", None), "cond_proj", None)
+    if proj is not None and not any(k.endswith("time_embedding.cond_proj.weight") for k in t_state):
         torch.nn.init.zeros_(proj.weight)
     return report
 
 
-def build_student(unet_config: dict) -> UNetFlowModel:
-    return build_unet_flow(unet_config)
+def build_student(architecture: dict) -> torch.nn.Module:
+    """A fresh student of `student_architecture(...)`'s result."""
+    return build_model(architecture)

@@ -17,13 +17,15 @@ class Cond:
 
     text: (B, L, D) token states of the text encoder; text_mask: (B, L), 1 = real token, 0 = padding;
     pooled: (B, P) pooled text embedding where the model uses one (SDXL-style), else None;
-    guidance: (B,) guidance scale for students with an *embedded* guidance input, else None.
+    guidance: (B,) guidance scale for students with an *embedded* guidance input, else None;
+    extra_ids: (B, K) SDXL-style micro-conditioning (original size, crop top-left, target size), else None.
     """
 
     text: torch.Tensor
     text_mask: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     guidance: torch.Tensor | None = None
+    extra_ids: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.text.ndim != 3:
@@ -35,13 +37,18 @@ class Cond:
             raise ValueError(f"Cond.pooled must have shape ({b}, P); got {tuple(self.pooled.shape)}")
         if self.guidance is not None and tuple(self.guidance.shape) != (b,):
             raise ValueError(f"Cond.guidance must have shape ({b},); got {tuple(self.guidance.shape)}")
+        if self.extra_ids is not None and (self.extra_ids.ndim != 2 or self.extra_ids.shape[0] != b):
+            raise ValueError(f"Cond.extra_ids must have shape ({b}, K); got {tuple(self.extra_ids.shape)}")
 
     @property
     def batch_size(self) -> int:
         return self.text.shape[0]
 
     def _map(self, fn) -> Cond:
-        return Cond(*(None if f is None else fn(f) for f in (self.text, self.text_mask, self.pooled, self.guidance)))
+        return Cond(*(None if f is None else fn(f) for f in self._fields()))
+
+    def _fields(self) -> tuple:
+        return self.text, self.text_mask, self.pooled, self.guidance, self.extra_ids
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Cond:
         moved = self._map(lambda f: f.to(device))
@@ -60,7 +67,7 @@ class Cond:
 
     @staticmethod
     def cat(conds: list[Cond]) -> Cond:
-        fields = list(zip(*((c.text, c.text_mask, c.pooled, c.guidance) for c in conds), strict=True))
+        fields = list(zip(*(c._fields() for c in conds), strict=True))
         return Cond(*(None if any(x is None for x in f) else torch.cat(f) for f in fields))
 
     def with_guidance(self, w: float | torch.Tensor) -> Cond:

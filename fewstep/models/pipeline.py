@@ -12,6 +12,7 @@ from ..imaging import to_uint8
 from ..sampling_rules import resolve_guidance as resolve_sampler_guidance
 from ..sampling_rules import schedule, validate_request
 from .contract import FlowModel
+from .diffusers_dir import LatentCodec, load_codec
 from .loading import load_model
 from .samplers import consistency, get_sampler, seeded_noise, seeded_renoise
 from .text_encoders import TextEncoder, load_text_encoder
@@ -28,10 +29,13 @@ def resolve_guidance(spec: dict, guidance: float | None) -> float:
 
 
 class TorchPipeline:
-    """A flow model, its text encoder and its spec; `generate` is deterministic per (prompt, seed)."""
+    """A flow model, its text encoder and its spec; `generate` is deterministic per (prompt, seed).
+    Latent models (spec `latent`) sample latents and decode them with their VAE (`codec`, loaded from the
+    spec when not given)."""
 
-    def __init__(self, model: FlowModel, spec: dict, encoder: TextEncoder):
+    def __init__(self, model: FlowModel, spec: dict, encoder: TextEncoder, codec: LatentCodec | None = None):
         self.model, self.spec, self.encoder = model, spec, encoder
+        self.codec = codec if codec is not None or "latent" not in spec else load_codec(spec)
         img = spec["image"]
         self.shape = (img["channels"], img["height"], img["width"])
 
@@ -62,6 +66,11 @@ class TorchPipeline:
         return get_sampler(sampler or "euler")(self.model, noise, times, cond, guidance, null)
 
     @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples -> images in [-1, 1]: the VAE decoder for latent models, identity in pixel space."""
+        return x if self.codec is None else self.codec.decode(x)
+
+    @torch.no_grad()
     def generate(
         self,
         prompts: list[str],
@@ -84,7 +93,7 @@ class TorchPipeline:
         for i in range(0, len(prompts), batch_size):
             p, s = prompts[i : i + batch_size], seeds[i : i + batch_size]
             x = self.sample(self.encoder.encode(p), s, times, guidance, sampler)
-            out.append(to_uint8(x.numpy()))
+            out.append(to_uint8(self.decode(x).numpy()))
             if on_batch:
                 on_batch(len(p))
         return np.concatenate(out)

@@ -132,10 +132,15 @@ def clip_from_dir(path: str | Path, max_tokens: int = 77) -> TextEncoder:
 
 
 def load_text_encoder(spec: dict) -> TextEncoder:
-    """Rebuild the encoder a checkpoint names in its `text_encoder` field."""
+    """Rebuild the encoder a checkpoint names in its `text_encoder` field (a pipeline teacher's or its
+    students': the pipeline's own prompt encoding, `diffusers_dir.PipelinePromptEncoder`)."""
     kind = spec.get("kind")
+    if kind == "diffusers-pipeline":
+        from .diffusers_dir import PipelinePromptEncoder
+
+        return PipelinePromptEncoder(spec)  # same interface: encode, null, token_count, spec, max_tokens
     if kind == "minilm":
         return minilm(spec.get("max_tokens", 32))
     if kind == "clip":
         return clip_from_dir(spec["path"], spec.get("max_tokens", 77))
-    raise ValueError(f"unknown text encoder kind {kind!r}; expected 'minilm' or 'clip'")
+    raise ValueError(f"unknown text encoder kind {kind!r}; expected 'minilm', 'clip' or 'diffusers-pipeline'")

@@ -43,23 +43,26 @@ class UNetFlowModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         check_inputs(x, t, cond, self.channels)
-        timestep_cond = None
-        if self.guidance_dim is not None:
-            if cond.guidance is None:
-                raise ValueError("this model has an embedded guidance input: set cond.guidance (Cond.with_guidance(w))")
-            timestep_cond = guidance_embedding(cond.guidance, self.guidance_dim).to(x.dtype)
-        if self.unet.config.addition_embed_type in ("text_time", "image", "image_hint", "text_image"):
-            raise NotImplementedError(
-                f"UNets with addition_embed_type={self.unet.config.addition_embed_type!r} (SDXL-style extra "
-                "conditioning) are not supported yet; they come with real latent teachers"
-            )
-        return self.unet(
-            x,
-            t * self.timestep_scale,
-            encoder_hidden_states=cond.text,
-            encoder_attention_mask=cond.text_mask,
-            timestep_cond=timestep_cond,
-        ).sample
+        return self.unet(x, t * self.timestep_scale, **unet_kwargs(self.unet, cond, x.dtype)).sample
+
+
+def unet_kwargs(unet: nn.Module, cond: Cond, dtype: torch.dtype) -> dict:
+    """A `Cond` as the keyword arguments of `UNet2DConditionModel.forward`: text states and mask, the
+    embedded guidance scale (`timestep_cond`), and SDXL's added conditioning (pooled text + size/crop ids)."""
+    kwargs = {"encoder_hidden_states": cond.text, "encoder_attention_mask": cond.text_mask}
+    gdim = unet.config.time_cond_proj_dim
+    if gdim is not None:
+        if cond.guidance is None:
+            raise ValueError("this model has an embedded guidance input: set cond.guidance (Cond.with_guidance(w))")
+        kwargs["timestep_cond"] = guidance_embedding(cond.guidance, gdim).to(dtype)
+    extra = unet.config.addition_embed_type
+    if extra == "text_time":
+        if cond.pooled is None or cond.extra_ids is None:
+            raise ValueError("this SDXL-style UNet needs cond.pooled and cond.extra_ids (size/crop ids)")
+        kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(dtype), "time_ids": cond.extra_ids.to(dtype)}
+    elif extra is not None:
+        raise NotImplementedError(f"UNets with addition_embed_type={extra!r} are not supported")
+    return kwargs
 
 
 def build_unet_flow(unet_config: dict) -> UNetFlowModel:

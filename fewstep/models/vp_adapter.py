@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .contract import Cond, FlowModel, check_inputs
+from .unet_flow import unet_kwargs
 
 
 def flow_time_table(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -87,7 +88,7 @@ class DiffusersUNetDenoiser(nn.Module):
         self.unet = unet
 
     def forward(self, z: torch.Tensor, s: torch.Tensor, cond: Cond) -> torch.Tensor:
-        return self.unet(z, s, encoder_hidden_states=cond.text, encoder_attention_mask=cond.text_mask).sample
+        return self.unet(z, s, **unet_kwargs(self.unet, cond, z.dtype)).sample
 
 
 def from_diffusers_unet(unet: nn.Module, scheduler, prediction_type: str | None = None) -> VPFlowAdapter:

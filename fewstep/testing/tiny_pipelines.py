@@ -1,0 +1,175 @@
+"""Tiny random Stable-Diffusion-family pipelines, saved with `save_pretrained` to a local directory.
+
+They have the real layout (`model_index.json`, one folder per component, safetensors weights) and real
+diffusers / transformers classes, only with a few thousand parameters, so that the latent-teacher code paths
+(loading, distillation, export, runtime) run in seconds on a CPU and without any download. Used by the tests
+and by `benchmarks/latent_step_cost.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+IMAGE_SIZE = 32  # decoded images; the tiny VAE downsamples by 4 -> 8x8 latents
+TOKENS = 48  # tokenizer max length (CLIP: 77); shapes captions take at most ~20 tokens here
+
+
+def _words() -> list[str]:
+    """Every word of the built-in shapes captions (and the distillation sample prompts)."""
+    from ..models.datasets import make_dataset
+
+    ds = make_dataset("shapes", IMAGE_SIZE, 0, 3000, None)
+    text = " ".join(ds.caption(i) for i in range(3000)) + " a red circle large blue square white background green"
+    words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    return sorted({w for w in words if all(c in string.ascii_lowercase + string.digits for c in w)})
+
+
+def _clip_tokenizer(out: Path):
+    """A CLIP BPE tokenizer (real CLIPTokenizer code) whose merges make each shapes-caption word one token;
+    other text falls back to characters."""
+    from transformers import CLIPTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges = []
+    for word in _words():
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:  # left to right: ((r e) d</w>)
+            merges.append(f"{parts[0]} {parts[1]}")
+            parts = [parts[0] + parts[1], *parts[2:]]
+            vocab.setdefault(parts[0], len(vocab))
+    merges = list(dict.fromkeys(merges))
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=TOKENS)
+    for f in ("vocab.json", "merges.txt"):
+        (out / f).unlink()
+    return tok
+
+
+def _clip_config(vocab_size: int, hidden: int = 32, projection: int = 32):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TOKENS,
+        projection_dim=projection,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def _vae(scaling_factor: float = 0.18215, shift_factor: float | None = None):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=IMAGE_SIZE,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    )
+
+
+def tiny_sd_pipeline(out: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """An SD 1.x/2.x-style pipeline (UNet eps- or v-prediction, DDIM scheduler, CLIP, VAE) in `out`."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    tok = _clip_tokenizer(Path(out) / ".tok")
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_clip_config(len(tok))),
+        tokenizer=tok,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    _rm_tree(Path(out) / ".tok")
+    return Path(out)
+
+
+def tiny_sd3_pipeline(out: str | Path, seed: int = 0, shift: float = 3.0) -> Path:
+    """An SD3-style flow-matching pipeline (SD3Transformer2DModel, two CLIP encoders, no T5, VAE) in `out`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    # SD3 joins the two CLIP states on the feature axis (32 + 32) and pads them to the joint width
+    transformer = SD3Transformer2DModel(
+        sample_size=IMAGE_SIZE // 4,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        caption_projection_dim=16,
+        pooled_projection_dim=64,
+        pos_embed_max_size=8,
+    )
+    tok = _clip_tokenizer(Path(out) / ".tok")
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=_vae(1.5305, 0.0609),  # SD3's VAE factors
+        text_encoder=CLIPTextModelWithProjection(_clip_config(len(tok))),
+        tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(len(tok))),
+        tokenizer_2=tok,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    _rm_tree(Path(out) / ".tok")
+    return Path(out)
+
+
+def _rm_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
