@@ -100,7 +100,7 @@ class BundleExport:
         self.source_sha = sha256_of(self.source)
         self.pipe = TorchPipeline.from_checkpoint(checkpoint)
         self.spec = self.pipe.spec
-        self.denoiser = denoiser_from_spec(self.pipe.model, self.spec)
+        self.denoiser = denoiser_from_spec(self.pipe.model, self.spec, self.pipe.encoder)
         self.jobs, self.notes = plan_engines(cfg)
         self.old = self._previous_manifest(force)
         self._calibration: tuple[list[dict[str, np.ndarray]], dict] | None = None

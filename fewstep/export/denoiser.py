@@ -1,8 +1,9 @@
 """The denoiser as every exporter sees it: plain tensors in, velocity out, inputs declared as data.
 
-`v = denoiser(x, t, text, text_mask[, guidance])` is the flow contract with `Cond` unpacked, so ONNX,
-CoreML and TensorRT graphs get named, typed inputs; `guidance` exists only for students with an embedded
-guidance input (the sinusoidal embedding of w is computed inside the graph).
+`v = denoiser(x, t, text, text_mask[, pooled][, extra_ids][, guidance])` is the flow contract with `Cond`
+unpacked, so ONNX, CoreML and TensorRT graphs get named, typed inputs; `pooled` exists for models that read a
+pooled text embedding (SD3, SDXL), `extra_ids` for SDXL's size/crop ids, `guidance` only for students with an
+embedded guidance input (the sinusoidal embedding of w is computed inside the graph).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import torch
 from torch import nn
 
 from ..models.contract import Cond
-from ..models.unet_flow import UNetFlowModel
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,13 @@ class TensorSpec:
 
 
 class Denoiser(nn.Module):
-    """`UNetFlowModel` with its `Cond` unpacked into tensors (the exported graph's signature)."""
+    """A flow model with its `Cond` unpacked into tensors (the exported graph's signature)."""
 
-    def __init__(self, model: UNetFlowModel, image: dict, tokens: int, text_dim: int):
+    def __init__(self, model: nn.Module, image: dict, tokens: int, text_dim: int, pooled_dim: int | None = None,
+                 extra_ids: int | None = None):  # fmt: skip
         super().__init__()
         self.model = model.eval()
-        self.embedded_guidance = model.guidance_dim is not None
+        self.embedded_guidance = getattr(model, "guidance_dim", None) is not None
         c, h, w = image["channels"], image["height"], image["width"]
         self.inputs = [
             TensorSpec("x", ("B", c, h, w)),
@@ -45,6 +46,10 @@ class Denoiser(nn.Module):
             TensorSpec("text", ("B", tokens, text_dim)),
             TensorSpec("text_mask", ("B", tokens)),
         ]
+        if pooled_dim:
+            self.inputs.append(TensorSpec("pooled", ("B", pooled_dim)))
+        if extra_ids:
+            self.inputs.append(TensorSpec("extra_ids", ("B", extra_ids)))
         if self.embedded_guidance:
             self.inputs.append(TensorSpec("guidance", ("B",)))
         self.outputs = [TensorSpec("v", ("B", c, h, w))]
@@ -53,15 +58,14 @@ class Denoiser(nn.Module):
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        text: torch.Tensor,
-        text_mask: torch.Tensor,
-        guidance: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.model(x, t, Cond(text, text_mask, guidance=guidance))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                extra1: torch.Tensor | None = None, extra2: torch.Tensor | None = None,
+                extra3: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """The optional inputs come in their declared order (`self.inputs`): pooled, extra_ids, guidance."""
+        extra = [e for e in (extra1, extra2, extra3) if e is not None]
+        named = dict(zip(self.input_names[4:], extra, strict=True))
+        cond = Cond(text, text_mask, named.get("pooled"), named.get("guidance"), named.get("extra_ids"))
+        return self.model(x, t, cond)
 
     def example_inputs(self, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Random inputs of the declared shapes (t in (0, 1], a valid mask, w in [1, 6])."""
@@ -77,6 +81,8 @@ class Denoiser(nn.Module):
                 out.append(mask)
             elif spec.name == "guidance":
                 out.append(1 + 5 * torch.rand(shape, generator=g))
+            elif spec.name == "extra_ids":
+                out.append(torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]]).repeat(shape[0], 1)[:, : shape[1]])
             else:
                 out.append(torch.randn(shape, generator=g))
         return tuple(out)
@@ -88,8 +94,16 @@ class Denoiser(nn.Module):
         }
 
 
-def denoiser_from_spec(model: UNetFlowModel, spec: dict) -> Denoiser:
-    """The exported signature of a checkpoint's model (text length from its text encoder, width from the UNet)."""
+def denoiser_from_spec(model: nn.Module, spec: dict, encoder=None) -> Denoiser:
+    """The exported signature of a checkpoint's model. Built-in models: text length from the text encoder's
+    spec, width from the UNet. Pipeline models: the shapes of what their prompt encoder (`encoder`) returns."""
+    if spec["kind"] != "unet-flow":
+        if encoder is None:
+            raise ValueError(f"a {spec['kind']} model's input shapes come from its prompt encoder: pass encoder=")
+        c = encoder.encode([""])
+        pooled = None if c.pooled is None else c.pooled.shape[1]
+        ids = None if c.extra_ids is None else c.extra_ids.shape[1]
+        return Denoiser(model, spec["image"], c.text.shape[1], c.text.shape[2], pooled, ids)
     unet = model.unet.config
     text_dim = unet.encoder_hid_dim if unet.encoder_hid_dim_type == "text_proj" else unet.cross_attention_dim
     tokens = int(spec["text_encoder"].get("max_tokens", 77))

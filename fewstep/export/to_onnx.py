@@ -45,7 +45,7 @@ def export_fp32(denoiser: Denoiser, path: Path) -> Path:
             str(path),
             input_names=names,
             output_names=[s.name for s in denoiser.outputs],
-            dynamic_shapes={n: {0: batch} for n in names},
+            dynamic_shapes=tuple({0: batch} for _ in names),
             opset_version=OPSET,
             dynamo=True,
             external_data=False,

@@ -28,9 +28,10 @@ def flow_time_of(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """np.interp for increasing xp, clamped at both ends."""
+    """np.interp for increasing xp, clamped at both ends (the segment index by counting, which ONNX exports,
+    instead of searchsorted, which it does not)."""
     x = x.clamp(xp[0], xp[-1])
-    i = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+    i = (xp[None, :] < x[:, None]).sum(1).clamp(1, len(xp) - 1)
     x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
     w = ((x - x0) / (x1 - x0)).clamp(0, 1)
     return f0 + w * (f1 - f0)
@@ -66,7 +67,7 @@ class VPFlowAdapter(nn.Module):
         # x_t = (1 - t) x0_hat + t eps_hat holds at every t; the table only gives the network's timestep.
         t = t.double().clamp(self.t_table[0], self.t_table[-1])
         s = self.diffusion_timestep(t)
-        r = torch.hypot(1 - t, t)
+        r = ((1 - t) ** 2 + t**2).sqrt()  # hypot, spelled out for the ONNX exporter
         alpha = ((1 - t) / r).view(-1, 1, 1, 1)
         sigma = (t / r).view(-1, 1, 1, 1)
         z = ((alpha + sigma) * x.double()).to(x.dtype)

@@ -1,0 +1,56 @@
+"""The image decoder of a latent model as an exported graph: `image = decoder(latents)`.
+
+The graph holds the whole way from the denoiser's latents to an image in [-1, 1]: the VAE's scale and shift
+undone, its decoder, the clamp. At one or two denoiser steps the decoder is a large share of the latency, so
+it is a stage of its own in the bundle and in `fewstep bench`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models.diffusers_dir import LatentCodec
+from .denoiser import TensorSpec
+
+
+class ImageDecoder(nn.Module):
+    """`LatentCodec.decode` as a plain module (latents (B, C, h, w) -> image (B, 3, H, W) in [-1, 1])."""
+
+    def __init__(self, codec: LatentCodec, spec: dict):
+        super().__init__()
+        self.vae = codec.vae.eval()
+        self.scaling_factor, self.shift_factor = codec.scaling_factor, codec.shift_factor
+        img, out = spec["image"], spec["latent"]["decoded"]
+        self.inputs = [TensorSpec("latents", ("B", img["channels"], img["height"], img["width"]))]
+        self.outputs = [TensorSpec("image", ("B", out["channels"], out["height"], out["width"]))]
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
+
+    def io_json(self) -> dict:
+        return {
+            "inputs": {s.name: s.to_json() for s in self.inputs},
+            "outputs": {s.name: s.to_json() for s in self.outputs},
+        }
+
+
+def export_decoder_onnx(decoder: ImageDecoder, path: str | Path, max_batch: int = 4096) -> Path:
+    """fp32 ONNX graph with a dynamic batch, checked and shape-inferred like the denoiser's."""
+    import onnx
+
+    from .to_onnx import OPSET, strip_metadata
+
+    path = Path(path)
+    shape = decoder.inputs[0].concrete(2)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with torch.no_grad():
+        torch.onnx.export(decoder.eval(), (torch.randn(shape),), str(path), input_names=["latents"],
+                          output_names=["image"], dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
+                          external_data=False, verbose=False)  # fmt: skip
+    model = strip_metadata(onnx.load(str(path)))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(path))
+    return path
