@@ -54,3 +54,52 @@ def test_vae_decoder_onnx_matches_torch(pipeline, tmp_path):
     got = session.run(None, {"latents": latents.numpy()})[0]
     assert got.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
+    """Distil -> export (denoiser, prompt graph over every text encoder, VAE decoder) -> the runtime, with torch,
+    diffusers and transformers unimportable, gives the torch student's images."""
+    import subprocess
+    import sys
+
+    from fewstep.compress.distill import DistillConfig, distill
+    from fewstep.export.bundle import BundleExport
+    from fewstep.export.config import ExportConfig
+    from fewstep.models.pipeline import TorchPipeline
+
+    cfg = DistillConfig(
+        method="progressive",
+        teacher=str(pipeline),
+        student="same",
+        start_steps=4,
+        student_steps=2,
+        dataset_size=16,
+        steps=2,
+        batch_size=2,
+        warmup_steps=1,
+        checkpoint_every=2,
+        sample_every=100,
+    )
+    student = distill(cfg, tmp_path / "run", progress=False)
+    manifest = BundleExport(
+        str(student),
+        tmp_path / "bundle",
+        ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=4, calibration_prompts=4),
+        log=lambda m: None,
+    ).run()
+    assert manifest["decoder"]["outputs"]["image"]["shape"] == ["B", 3, IMAGE_SIZE, IMAGE_SIZE]
+    assert manifest["engines"][0]["gates"]["parity"]["passed"] is True
+    prompts = ["a red circle", "a blue square on a white background"]
+    ref = TorchPipeline.from_checkpoint(student).generate(prompts, [7, 8])
+    code = (
+        "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'diffusers', 'transformers')]\n"
+        "import numpy as np\nfrom fewstep.runtime import Generator\n"
+        f"g = Generator.from_bundle({str(tmp_path / 'bundle')!r})\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, g.generate({prompts!r}, [7, 8]))\n"
+        "assert g.stage_times['decode'] > 0 and 'text_encode' in g.stage_times\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    images = np.load(tmp_path / "out.npy")
+    assert images.shape == ref.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1

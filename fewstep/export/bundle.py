@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..fsio import atomic_write_text
-from ..models.loading import resolve_checkpoint
+from ..models.loading import model_sha256, resolve_checkpoint
 from ..models.pipeline import TorchPipeline, sampling_times
 from ..runtime.backends import load_engine
 from ..runtime.bundle import BUNDLE_FORMAT, IN_PROGRESS, MANIFEST, read_manifest, sha256_of, size_of
@@ -97,7 +97,7 @@ class BundleExport:
         self.cfg, self.command, self.log = cfg, command, log
         self.root = Path(out)
         self.source = resolve_checkpoint(checkpoint)
-        self.source_sha = sha256_of(self.source)
+        self.source_sha = model_sha256(self.source)
         self.pipe = TorchPipeline.from_checkpoint(checkpoint)
         self.spec = self.pipe.spec
         self.denoiser = denoiser_from_spec(self.pipe.model, self.spec, self.pipe.encoder)
@@ -142,7 +142,7 @@ class BundleExport:
             times = sampling_times(self.spec, None)
             with torch.no_grad():
                 x = self.pipe.sample(self.pipe.encoder.encode(p), seeds, times, self.pipe.default_guidance)
-            self._reference = x.numpy()
+                self._reference = self.pipe.decode(x).numpy()  # latent models: the images, as the runtime's
         return self._reference
 
     # ---- the run
@@ -153,6 +153,7 @@ class BundleExport:
                             options={"cfg": self.pipe.guidance_mode == "cfg"})  # fmt: skip
         try:
             text = self._text_encoder()
+            self._decoder_entry = self._decoder()
             engines, refused = self._kept_engines(), []
             fp32_engines: dict[str, object] = {}
             for target, precision, quantizer in self.jobs:
@@ -200,8 +201,51 @@ class BundleExport:
             if e["id"] not in asked and _files_valid(self.root, e["files"])
         }
 
+    def _decoder(self) -> dict | None:
+        """Latent models: the VAE decoder (latents -> image) as `decoder.onnx` (fp32), parity-checked."""
+        if self.pipe.codec is None:
+            return None
+        from .decoder import ImageDecoder, export_decoder_onnx
+
+        decoder = ImageDecoder(self.pipe.codec, self.spec)
+        tmp = self.root / ".decoder.onnx.tmp"
+        export_decoder_onnx(decoder, tmp)
+        os.replace(tmp, self.root / "decoder.onnx")
+        path = self.root / "decoder.onnx"
+        entry = {"file": path.name, "sha256": sha256_of(path), "backend": "onnxruntime", "precision": "fp32",
+                 "size_bytes": size_of(path), **decoder.io_json()}  # fmt: skip
+        self.log(f"image decoder: written ({entry['size_bytes'] / 1e6:.2f} MB)")
+        return entry
+
+    def _pipeline_text_encoder(self) -> dict:
+        """A pipeline's prompt encoding (all its text encoders) as one ONNX graph + one tokenizer.json each."""
+        import tempfile
+
+        from ..models.diffusers_dir import load_pipeline
+        from .prompt_graph import PipelinePromptGraph, export_prompt_graph
+
+        te = self.spec["text_encoder"]
+        graph = PipelinePromptGraph(load_pipeline(te["path"]), int(te.get("t5_tokens", 256)))
+        tmp = self.root / ".text_encoder.onnx.tmp"
+        export_prompt_graph(graph, tmp)
+        os.replace(tmp, self.root / "text_encoder.onnx")
+        tokenizers = []
+        for k, (tok, entry) in enumerate(zip(graph.tokenizers, graph.tokenizer_entries(), strict=True)):
+            name = "tokenizer.json" if k == 0 else f"tokenizer_{k + 1}.json"
+            with tempfile.TemporaryDirectory(dir=self.root, prefix=".tok.") as d:
+                tok.save_pretrained(d)
+                os.replace(Path(d) / "tokenizer.json", self.root / name)
+            tokenizers.append({**entry, "file": name, "sha256": sha256_of(self.root / name)})
+        enc = self.pipe.encoder.encode([""])
+        return {"kind": te["kind"], "file": "text_encoder.onnx", "sha256": sha256_of(self.root / "text_encoder.onnx"),
+                "tokenizer": tokenizers[0]["file"], "tokenizer_sha256": tokenizers[0]["sha256"],
+                "tokenizers": tokenizers, "max_tokens": tokenizers[0]["max_tokens"], "dim": int(enc.text.shape[2]),
+                "outputs": graph.output_names}  # fmt: skip
+
     def _text_encoder(self) -> dict:
         enc = self.pipe.encoder
+        if self.spec["text_encoder"]["kind"] == "diffusers-pipeline":
+            return self._pipeline_text_encoder()
         onnx_src, tok_src = cached_text_encoder(enc)
         entry = {
             "kind": enc.spec["kind"],
@@ -305,7 +349,10 @@ class BundleExport:
             return {"parity": {"status": why}, "speed": {"status": why}}
         main = self.root / next(iter(entry["files"]))
         engine = load_engine(entry["backend"], main, entry, **side_by_side_options(entry["backend"]))
-        gen = Generator(self._runtime_manifest(text), engine, self._runtime_text(text), entry)
+        decoder = None
+        if self._decoder_entry is not None:
+            decoder = load_engine("onnxruntime", self.root / "decoder.onnx", self._decoder_entry)
+        gen = Generator(self._runtime_manifest(text), engine, self._runtime_text(text), entry, decoder)
         p = self._parity_prompts
         images = gen.generate_float(p, list(range(len(p))))
         gates = {"parity": parity_gate(images, self.reference(), entry["precision"], self.cfg.gates())}
@@ -326,7 +373,9 @@ class BundleExport:
 
     def _runtime_text(self, text: dict) -> RuntimeTextEncoder:
         if not hasattr(self, "_rt_text"):
-            self._rt_text = RuntimeTextEncoder(self.root / text["file"], self.root / text["tokenizer"], text)
+            tokenizers = [self.root / t["file"] for t in text["tokenizers"]] if "tokenizers" in text else None
+            self._rt_text = RuntimeTextEncoder(self.root / text["file"], tokenizers or self.root / text["tokenizer"],
+                                               text)  # fmt: skip
         return self._rt_text
 
     def _runtime_manifest(self, text: dict) -> dict:
@@ -352,6 +401,9 @@ class BundleExport:
             },
             "sampler": self._sampler(),
             "image": self.spec["image"],
+            # latent models: scale/shift and decoded size (the VAE path is local to the exporting machine)
+            **({"latent": {k: v for k, v in self.spec["latent"].items() if k != "vae"}} if self._decoder_entry else {}),
+            **({"decoder": self._decoder_entry} if self._decoder_entry else {}),
             "text_encoder": text,
             "engines": engines,
             "refused": refused,

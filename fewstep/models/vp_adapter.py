@@ -57,6 +57,12 @@ class VPFlowAdapter(nn.Module):
         self.register_buffer("t_table", flow_time_table(abar), persistent=False)
         self.register_buffer("steps", torch.arange(len(abar), dtype=torch.float64), persistent=False)
 
+    @property
+    def guidance_dim(self) -> int | None:
+        """Width of an embedded guidance input (a guidance-distilled UNet's `time_cond_proj_dim`), else None."""
+        unet = getattr(self.denoiser, "unet", None)
+        return None if unet is None else unet.config.time_cond_proj_dim
+
     def diffusion_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """Continuous diffusion step s with t(s) = t."""
         return _interp(t.double(), self.t_table, self.steps)

@@ -39,8 +39,10 @@ def engine_order(engines: list[dict]) -> list[dict]:
 class Generator:
     """A denoiser engine + the bundle's prompt encoder + the manifest's sampler rule."""
 
-    def __init__(self, manifest: dict, denoiser: Engine, text: RuntimeTextEncoder, engine_entry: dict):
+    def __init__(self, manifest: dict, denoiser: Engine, text: RuntimeTextEncoder, engine_entry: dict,
+                 decoder: Engine | None = None):  # fmt: skip
         self.manifest, self.denoiser, self.text, self.engine_entry = manifest, denoiser, text, engine_entry
+        self.decoder = decoder  # latent models: the image decoder (VAE) engine; None in pixel space
         img = manifest["image"]
         self.shape = (img["channels"], img["height"], img["width"])
         self.sampler = manifest["sampler"]
@@ -79,18 +81,21 @@ class Generator:
         if not candidates:
             raise BundleError(f"bundle {root} holds no engine that passed its gates; see 'refused' in its manifest")
         te = manifest["text_encoder"]
-        text = RuntimeTextEncoder(
-            verify_file(root, te["file"], te["sha256"]),
-            verify_file(root, te["tokenizer"], te["tokenizer_sha256"]),
-            te,
-            threads,
-        )
+        if "tokenizers" in te:  # a pipeline's prompt graph: one tokenizer per text encoder
+            tokenizers = [verify_file(root, t["file"], t["sha256"]) for t in te["tokenizers"]]
+        else:
+            tokenizers = verify_file(root, te["tokenizer"], te["tokenizer_sha256"])
+        text = RuntimeTextEncoder(verify_file(root, te["file"], te["sha256"]), tokenizers, te, threads)
+        decoder = None
+        if "decoder" in manifest:
+            d = manifest["decoder"]
+            decoder = load_engine("onnxruntime", verify_file(root, d["file"], d["sha256"]), d, threads=threads)
         reasons = []
         for entry in candidates:
             paths = [verify_file(root, name, sha) for name, sha in entry["files"].items()]
             try:
                 engine_obj = load_engine(entry["backend"], paths[0], entry, threads=threads, **engine_options)
-                return cls(manifest, engine_obj, text, entry)
+                return cls(manifest, engine_obj, text, entry, decoder)
             except BackendUnavailable as e:
                 reasons.append(f"{entry['id']}: {e}")
         raise BackendUnavailable("no engine of this bundle can run here: " + "; ".join(reasons))
@@ -157,8 +162,8 @@ class Generator:
         """-> uint8 (N, H, W, C). `steps` None = the student's own schedule; `negative_prompt` only with CFG."""
         x = self.generate_float(prompts, seeds, steps, guidance, batch_size, negative_prompt)
         t0 = time.perf_counter()
-        images = to_uint8(x)  # pixel-space models: decoding is the conversion to 8-bit RGB
-        self._record("decode", t0)
+        images = to_uint8(x)
+        self._record("decode", t0)  # with the image decoder's time (latent models), recorded in generate_float
         return images
 
     def images_per_call(self, batch_size: int, guidance: float) -> int:
@@ -184,7 +189,8 @@ class Generator:
         batch_size: int = 64,
         negative_prompt: str | None = None,
     ) -> np.ndarray:
-        """-> float32 (N, C, H, W) before quantization to uint8 (what the parity gate compares)."""
+        """-> float32 (N, C, H, W) in [-1, 1] before quantization to uint8 (what the parity gate compares);
+        latent models' samples are decoded by the bundle's image decoder."""
         w = self.validate(prompts, seeds, steps, guidance, negative_prompt)
         times = schedule(self.sampler, steps)
         self.stage_times = {}
@@ -195,5 +201,10 @@ class Generator:
             t0 = time.perf_counter()
             cond = self.text.encode(p)
             self._record("text_encode", t0)
-            out.append(self.sample(cond, s, times, w, negative_prompt))
+            x = self.sample(cond, s, times, w, negative_prompt)
+            if self.decoder is not None:
+                t0 = time.perf_counter()
+                x = self.decoder.run({"latents": x})["image"]
+                self._record("decode", t0)
+            out.append(x)
         return np.concatenate(out)

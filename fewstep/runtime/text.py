@@ -13,9 +13,10 @@ class PromptTooLongError(ValueError):
 
 
 class RuntimeTextEncoder:
-    """`encode(prompts) -> {"text": (B, L, D) float32, "text_mask": (B, L) float32}`, as the torch encoder."""
+    """`encode(prompts) -> {"text": (B, L, D) float32, "text_mask": (B, L) float32[, "pooled": (B, P)]}`, as the
+    torch encoder. A pipeline's prompt graph (spec `tokenizers`) takes one padded id row per tokenizer."""
 
-    def __init__(self, onnx_path: Path, tokenizer_path: Path, spec: dict, threads: int | None = None,
+    def __init__(self, onnx_path: Path, tokenizer_path: Path | list[Path], spec: dict, threads: int | None = None,
                  cache_size: int = 4096):  # fmt: skip
         try:
             import onnxruntime as ort
@@ -24,11 +25,19 @@ class RuntimeTextEncoder:
             raise ImportError("prompt encoding needs `pip install 'fewstep[runtime]'` (onnxruntime, tokenizers)") from e
         self.spec = spec
         self.max_tokens = int(spec["max_tokens"])
-        self.unmasked = spec.get("kind") == "clip"  # SD-family CLIP runs over all positions, as it was trained
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self.pad_id = int(spec.get("pad_id", 0))  # the exporter records the HF tokenizer's pad id
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
+        # SD-family CLIP runs over all positions, as it was trained
+        self.unmasked = spec.get("kind") in ("clip", "diffusers-pipeline")
+        entries = spec.get("tokenizers")
+        if entries is None:  # one tokenizer; the exporter records the HF tokenizer's pad id
+            entries = [{"input": "input_ids", "max_tokens": self.max_tokens, "pad_id": int(spec.get("pad_id", 0))}]
+            tokenizer_path = [tokenizer_path]
+        self.tokenizers = []
+        for path, entry in zip(tokenizer_path, entries, strict=True):
+            tok = Tokenizer.from_file(str(path))
+            tok.no_truncation()
+            tok.no_padding()
+            self.tokenizers.append((tok, entry))
+        self.tokenizer, self.pad_id = self.tokenizers[0][0], int(entries[0]["pad_id"])
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -36,51 +45,65 @@ class RuntimeTextEncoder:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle most of the time: do not spin
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def check(self, prompt: str) -> None:
         """Raise (TypeError / PromptTooLongError) for a prompt the model cannot take."""
-        self._ids(prompt)
+        for k in range(len(self.tokenizers)):
+            self._ids(prompt, k)
 
-    def _ids(self, prompt: str) -> list[int]:
+    def _ids(self, prompt: str, which: int = 0) -> list[int]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be strings; got {type(prompt).__name__}")
-        ids = self.tokenizer.encode(prompt).ids
-        if len(ids) > self.max_tokens:
+        tok, entry = self.tokenizers[which]
+        ids = tok.encode(prompt).ids
+        limit = int(entry["max_tokens"])
+        if len(ids) > limit:
             raise PromptTooLongError(
-                f"prompt has {len(ids)} tokens but the model takes at most {self.max_tokens} "
+                f"prompt has {len(ids)} tokens but the model takes at most {limit} "
                 f"(special tokens included); shorten it: {prompt[:80]!r}{'...' if len(prompt) > 80 else ''}"
             )
         return ids
 
-    def _encode_uncached(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.full((len(prompts), self.max_tokens), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(prompts), self.max_tokens), dtype=np.int64)
-        for i, p in enumerate(prompts):
-            row = self._ids(p)
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        feeds = {"input_ids": ids} if self.unmasked else {"input_ids": ids, "attention_mask": mask}
+    def _encode_uncached(self, prompts: list[str]) -> list[dict[str, np.ndarray]]:
+        feeds = {}
+        for k, (_, entry) in enumerate(self.tokenizers):
+            n = int(entry["max_tokens"])
+            ids = np.full((len(prompts), n), int(entry["pad_id"]), dtype=np.int64)
+            mask = np.zeros((len(prompts), n), dtype=np.int64)
+            for i, p in enumerate(prompts):
+                row = self._ids(p, k)
+                ids[i, : len(row)] = row
+                mask[i, : len(row)] = 1
+            feeds[entry["input"]] = ids
+            if k == 0:
+                feeds["attention_mask"] = mask
         names = {i.name for i in self.session.get_inputs()}
-        states = self.session.run(None, {k: v for k, v in feeds.items() if k in names})[0].astype(np.float32)
-        return states, (np.ones_like(mask) if self.unmasked else mask).astype(np.float32)
+        outs = self.session.run(None, {k: v for k, v in feeds.items() if k in names})
+        states = outs[0].astype(np.float32)
+        text_mask = np.ones(states.shape[:2]) if self.unmasked else feeds["attention_mask"]
+        rows = [{"text": states[i], "text_mask": text_mask[i].astype(np.float32)} for i in range(len(prompts))]
+        if "pooled" in self.output_names:
+            pooled = outs[self.output_names.index("pooled")].astype(np.float32)
+            for i, row in enumerate(rows):
+                row["pooled"] = pooled[i]
+        return rows
 
     def encode(self, prompts: list[str]) -> dict[str, np.ndarray]:
         for p in prompts:
-            self._ids(p)  # every prompt checked before any work
+            self.check(p)  # every prompt checked before any work
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
-            states, masks = self._encode_uncached(missing)
-            for p, s, m in zip(missing, states, masks, strict=True):
-                self._cache[p] = (s, m)
+            for p, row in zip(missing, self._encode_uncached(missing), strict=True):
+                self._cache[p] = row
                 if len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         rows = []
         for p in prompts:
             if p not in self._cache:  # evicted within this call (more distinct prompts than the cache holds)
-                s, m = self._encode_uncached([p])
-                rows.append((s[0], m[0]))
+                rows.append(self._encode_uncached([p])[0])
                 continue
             self._cache.move_to_end(p)
             rows.append(self._cache[p])
-        return {"text": np.stack([r[0] for r in rows]), "text_mask": np.stack([r[1] for r in rows])}
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
