@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .contract import Cond
-from .text_encoders import PromptTooLongError
+from .text_encoders import CachedPromptEncoder
 
 PIPELINES = {
     "StableDiffusionPipeline": "unet",
@@ -221,34 +221,18 @@ def pipeline_model(path: str | Path) -> tuple[nn.Module, dict]:
 # ---- prompts --------------------------------------------------------------------------------------------
 
 
-class PipelinePromptEncoder:
+class PipelinePromptEncoder(CachedPromptEncoder):
     """`encode(prompts) -> Cond` with the pipeline's own `encode_prompt` (CLIP / CLIP-G / T5 combination as
-    diffusers does it), a bounded LRU of prompt embeddings, and prompts longer than a tokenizer refused."""
+    diffusers does it), a bounded LRU of prompt embeddings, and prompts longer than its tokenizer refused."""
 
     def __init__(self, spec: dict, cache_size: int = 1024):
-        from collections import OrderedDict
-
-        self.spec = dict(spec)
+        super().__init__(spec, int(spec["max_tokens"]), cache_size)
         self.pipe = load_pipeline(spec["path"])
-        self.max_tokens = int(spec["max_tokens"])
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Cond] = OrderedDict()
         self.sdxl = type(self.pipe).__name__ == "StableDiffusionXLPipeline"
         self.sd3 = type(self.pipe).__name__ == "StableDiffusion3Pipeline"
 
     def token_count(self, prompt: str) -> int:
         return len(self.pipe.tokenizer(prompt)["input_ids"])
-
-    def _check(self, prompts: list[str]) -> None:
-        for p in prompts:
-            if not isinstance(p, str):
-                raise TypeError(f"prompts must be strings; got {type(p).__name__}")
-            n = self.token_count(p)
-            if n > self.max_tokens:
-                raise PromptTooLongError(
-                    f"prompt has {n} tokens but the text encoder takes at most "
-                    f"{self.max_tokens}; shorten it: {p[:80]!r}"
-                )
 
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> Cond:
@@ -271,28 +255,6 @@ class PipelinePromptEncoder:
             text, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
         mask = torch.ones(text.shape[:2])  # SD-family denoisers attend to every position, padding included
         return Cond(text.float(), mask, None if pooled is None else pooled.float(), None, ids)
-
-    def encode(self, prompts: list[str] | str, batch_size: int = 64) -> Cond:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        self._check(prompts)
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        for i in range(0, len(missing), batch_size):
-            chunk = missing[i : i + batch_size]
-            cond = self._encode_uncached(chunk)
-            for j, p in enumerate(chunk):
-                self._cache[p] = cond.index(slice(j, j + 1))
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        rows = []
-        for p in prompts:
-            row = self._cache.get(p)
-            if row is None:  # evicted within this call
-                row = self._encode_uncached([p])
-            else:
-                self._cache.move_to_end(p)
-            rows.append(row)
-        return Cond.cat(rows)
 
     def null(self, batch_size: int = 1) -> Cond:
         """The unconditional branch: the empty prompt (zeros where the pipeline forces them, as SDXL does)."""

@@ -19,23 +19,21 @@ class PromptTooLongError(ValueError):
     """A prompt with more tokens than the model was trained on."""
 
 
-class TextEncoder:
-    """A Hugging Face encoder + tokenizer behind `encode(prompts) -> Cond`."""
+class CachedPromptEncoder:
+    """`encode(prompts) -> Cond` with prompts checked against `max_tokens` before any work and a bounded LRU of
+    the embedding of each distinct prompt. Subclasses give `token_count` and `_encode_uncached`."""
 
-    def __init__(self, model, tokenizer, spec: dict, max_tokens: int = 32, cache_size: int = 4096):
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
+    def __init__(self, spec: dict, max_tokens: int, cache_size: int):
         self.spec = dict(spec, max_tokens=max_tokens)
         self.max_tokens = max_tokens
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
-
-    @property
-    def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        self._cache: OrderedDict[str, Cond] = OrderedDict()
 
     def token_count(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        raise NotImplementedError
+
+    def _encode_uncached(self, prompts: list[str]) -> Cond:
+        raise NotImplementedError
 
     def _check(self, prompts: list[str]) -> None:
         for p in prompts:
@@ -48,8 +46,51 @@ class TextEncoder:
                     f"(special tokens included); shorten it: {p[:80]!r}{'...' if len(p) > 80 else ''}"
                 )
 
+    def encode(self, prompts: list[str] | str, batch_size: int = 256) -> Cond:
+        """Prompts -> Cond(text (B, max_tokens, dim), text_mask (B, max_tokens), pooled, ...)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        self._check(prompts)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        for i in range(0, len(missing), batch_size):
+            chunk = missing[i : i + batch_size]
+            cond = self._encode_uncached(chunk)
+            for j, p in enumerate(chunk):
+                self._cache[p] = cond.index(slice(j, j + 1))._map(torch.clone)  # no view of the whole chunk
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        rows = []
+        for p in prompts:
+            row = self._cache.get(p)
+            if row is None:  # evicted within this very call (more distinct prompts than the cache holds)
+                row = self._encode_uncached([p])
+            else:
+                self._cache.move_to_end(p)
+            rows.append(row)
+        return Cond.cat(rows)
+
+    def null(self, batch_size: int = 1) -> Cond:
+        """The unconditional (empty prompt) condition used for classifier-free guidance."""
+        return self.encode([""] * batch_size)
+
+
+class TextEncoder(CachedPromptEncoder):
+    """A Hugging Face encoder + tokenizer behind `encode(prompts) -> Cond`."""
+
+    def __init__(self, model, tokenizer, spec: dict, max_tokens: int = 32, cache_size: int = 4096):
+        super().__init__(spec, max_tokens, cache_size)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
     @torch.no_grad()
-    def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _encode_uncached(self, prompts: list[str]) -> Cond:
         tok = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
         )
@@ -64,34 +105,7 @@ class TextEncoder:
         pooled = getattr(out, "pooler_output", None)
         if pooled is None or self.spec["kind"] == "minilm":
             pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # sentence-transformers mean pool
-        return states, mask, pooled.float()
-
-    def encode(self, prompts: list[str] | str, batch_size: int = 256) -> Cond:
-        """Prompts -> Cond(text (B, max_tokens, dim), text_mask (B, max_tokens), pooled (B, dim))."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        self._check(prompts)
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        for i in range(0, len(missing), batch_size):
-            chunk = missing[i : i + batch_size]
-            states, mask, pooled = self._encode_uncached(chunk)
-            for j, p in enumerate(chunk):
-                self._cache[p] = (states[j], mask[j], pooled[j])
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        rows = []
-        for p in prompts:
-            if p in self._cache:
-                self._cache.move_to_end(p)
-                rows.append(self._cache[p])
-            else:  # evicted within this very call (more distinct prompts than the cache holds)
-                s, m, q = self._encode_uncached([p])
-                rows.append((s[0], m[0], q[0]))
-        return Cond(*(torch.stack(f) for f in zip(*rows, strict=True)))
-
-    def null(self, batch_size: int = 1) -> Cond:
-        """The unconditional (empty prompt) condition used for classifier-free guidance."""
-        return self.encode([""] * batch_size)
+        return Cond(states, mask, pooled.float())
 
 
 def _require_dir(path: Path, files: tuple[str, ...]) -> None:
