@@ -1,4 +1,5 @@
-"""A tiny teacher (MiniLM text states, 16x16 images) and its pair cache, for the distillation tests."""
+"""A tiny teacher (MiniLM text states, 16x16 images) and its pair cache, and a few-step distillation run,
+for the distillation tests."""
 
 from __future__ import annotations
 
@@ -28,3 +29,12 @@ def make_tiny_teacher(root: Path) -> tuple[Path, Path, Path]:
         PairsConfig(teacher=str(teacher), n=24, steps=2, shard_size=8, batch_size=8), root / "pairs", progress=False
     )
     return teacher, student_json, pairs
+
+
+def distill_tiny(teacher, out: Path, method: str, **overrides) -> Path:
+    """A few optimizer steps of `method` from `teacher` (a checkpoint or pipeline directory) into `out`."""
+    from fewstep.compress.distill import DistillConfig, distill
+
+    fields = dict(teacher=str(teacher), student="same", dataset_size=32, steps=4, batch_size=4, checkpoint_every=2,
+                  sample_every=4, warmup_steps=1)  # fmt: skip
+    return distill(DistillConfig(method=method, **{**fields, **overrides}), out, progress=False)

@@ -14,6 +14,7 @@ from fewstep.models.diffusers_dir import load_codec
 from fewstep.models.loading import load_model
 from fewstep.models.text_encoders import load_text_encoder
 from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd3_pipeline, tiny_sd_pipeline
+from tests.distill_fixtures import distill_tiny
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -62,33 +63,22 @@ def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
     import subprocess
     import sys
 
-    from fewstep.compress.distill import DistillConfig, distill
     from fewstep.export.bundle import BundleExport
     from fewstep.export.config import ExportConfig
     from fewstep.models.pipeline import TorchPipeline
 
-    cfg = DistillConfig(
-        method="progressive",
-        teacher=str(pipeline),
-        student="same",
-        start_steps=4,
-        student_steps=2,
-        dataset_size=16,
-        steps=2,
-        batch_size=2,
-        warmup_steps=1,
-        checkpoint_every=2,
-        sample_every=100,
-    )
-    student = distill(cfg, tmp_path / "run", progress=False)
-    manifest = BundleExport(
-        str(student),
-        tmp_path / "bundle",
-        ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=4, calibration_prompts=4),
-        log=lambda m: None,
-    ).run()
+    student = distill_tiny(pipeline, tmp_path / "run", "progressive", start_steps=4, student_steps=2, dataset_size=16,
+                           steps=2, batch_size=2, sample_every=100)  # fmt: skip
+    cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=4, calibration_prompts=4)
+    manifest = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run()
     assert manifest["decoder"]["outputs"]["image"]["shape"] == ["B", 3, IMAGE_SIZE, IMAGE_SIZE]
     assert manifest["engines"][0]["gates"]["parity"]["passed"] is True
+    stamps = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "bundle").iterdir() if f.is_file()}
+    again = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run()
+    assert again["decoder"] == manifest["decoder"] and again["text_encoder"] == manifest["text_encoder"]
+    now = {n: (tmp_path / "bundle" / n).stat().st_mtime_ns for n in stamps}
+    rewritten = [n for n, t in stamps.items() if n != "manifest.json" and now[n] != t]
+    assert not rewritten, f"a re-export of the same student rewrote {rewritten}"
     prompts = ["a red circle", "a blue square on a white background"]
     ref = TorchPipeline.from_checkpoint(student).generate(prompts, [7, 8])
     code = (
@@ -103,3 +93,27 @@ def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
     images = np.load(tmp_path / "out.npy")
     assert images.shape == ref.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_prompt_graph_equals_encode_prompt(pipeline, tmp_path):
+    """The pipeline's text encoders, combined as diffusers' `encode_prompt` does, from token ids: exact in torch,
+    to 1e-5 in ONNX Runtime."""
+    from fewstep.export.prompt_graph import PipelinePromptGraph, export_prompt_graph
+    from fewstep.models.diffusers_dir import load_pipeline
+
+    _, spec = load_model(pipeline)
+    prompts = ["a red circle", "", "a large blue square on a white background"]
+    ref = load_text_encoder(spec["text_encoder"]).encode(prompts)
+    graph = PipelinePromptGraph(load_pipeline(pipeline))
+    ids = graph.token_ids(prompts)
+    with torch.no_grad():
+        out = graph(*ids)
+    out = out if isinstance(out, tuple) else (out,)
+    torch.testing.assert_close(out[0], ref.text, atol=0, rtol=0)
+    assert (ref.pooled is None) == (len(out) == 1)
+    if ref.pooled is not None:
+        torch.testing.assert_close(out[1], ref.pooled, atol=0, rtol=0)
+    export_prompt_graph(graph, tmp_path / "text_encoder.onnx")
+    session = ort.InferenceSession(str(tmp_path / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: x.numpy() for n, x in zip(graph.input_names, ids, strict=True)})
+    np.testing.assert_allclose(got[0], ref.text.numpy(), atol=1e-5)

@@ -16,6 +16,7 @@ from fewstep.models.samplers import euler, seeded_noise
 from fewstep.models.text_encoders import PromptTooLongError, load_text_encoder
 from fewstep.models.vp_adapter import flow_time_of
 from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd3_pipeline, tiny_sd_pipeline
+from tests.distill_fixtures import distill_tiny
 
 PROMPT = "a red circle left of a small blue square"
 
@@ -107,24 +108,6 @@ def test_bad_pipeline_directories_name_the_problem(pipelines, tmp_path):
         check_pipeline_dir(broken)
 
 
-def _distill(teacher, out, method, **extra):
-    from fewstep.compress.distill import DistillConfig, distill
-
-    cfg = DistillConfig(
-        method=method,
-        teacher=str(teacher),
-        student="same",
-        dataset_size=32,
-        steps=4,
-        batch_size=4,
-        checkpoint_every=2,
-        sample_every=4,
-        warmup_steps=1,
-        **extra,
-    )
-    return distill(cfg, out, progress=False)
-
-
 @pytest.mark.parametrize(
     "teacher,methods", [("epsilon", ("progressive", "guidance")), ("sd3", ("progressive", "reflow"))]
 )
@@ -145,7 +128,7 @@ def test_latent_distillation_two_methods(pipelines, tmp_path, teacher, methods):
                 progress=False,
             )
             extra = {"pairs": str(pairs), "student_steps": 1}
-        path = _distill(source, tmp_path / method, method, **extra)
+        path = distill_tiny(source, tmp_path / method, method, **extra)
         student = TorchPipeline.from_checkpoint(path)
         spec = student.spec
         assert spec["kind"] == teacher_spec["kind"] and spec["latent"] == teacher_spec["latent"]
@@ -168,4 +151,4 @@ def test_latent_teacher_refuses_pixel_presets(pipelines, tmp_path):
 
         distill(DistillConfig(method="guidance", teacher=str(pipelines["epsilon"]), student="student-s"), tmp_path)
     with pytest.raises(ValueError, match="transformers have none"):
-        _distill(pipelines["sd3"], tmp_path / "g", "guidance")
+        distill_tiny(pipelines["sd3"], tmp_path / "g", "guidance")

@@ -49,8 +49,7 @@ class EncodedDataset:
             "image_size": dataset.image_size,
             "encoder": encoder.spec,
             "fingerprint": dataset.fingerprint(),  # changes when a folder's files or a generator's version do
-            "codec": None if codec is None else [type(codec.vae).__name__, codec.scaling_factor, codec.shift_factor,
-                                                 sum(float(p.double().sum()) for p in codec.vae.parameters())],
+            "codec": None if codec is None else [codec.fingerprint, codec.scaling_factor, codec.shift_factor],
         }  # fmt: skip
         if cache is not None and cache.is_file():
             try:

@@ -201,10 +201,23 @@ class BundleExport:
             if e["id"] not in asked and _files_valid(self.root, e["files"])
         }
 
+    def _reusable(self, part: str, files: list[tuple[str, str]]) -> dict | None:
+        """The previous manifest's `part` (decoder / pipeline text encoder) when it came from the same source with
+        the same fewstep and torch, and its files are intact: re-exporting it would write the same graph."""
+        old, made = self.old.get(part), self.old.get("created_by", {})
+        if not old or made.get("fewstep") != __version__ or made.get("torch") != torch.__version__:
+            return None
+        return old if _files_valid(self.root, dict(files)) else None
+
     def _decoder(self) -> dict | None:
-        """Latent models: the VAE decoder (latents -> image) as `decoder.onnx` (fp32), parity-checked."""
+        """Latent models: the VAE decoder (latents -> image) as `decoder.onnx` (fp32). Not gated on its own: every
+        engine's parity gate compares decoded images, so a bad decoder fails them all."""
         if self.pipe.codec is None:
             return None
+        old = self.old.get("decoder") or {}
+        if kept := self._reusable("decoder", [(old.get("file", ""), old.get("sha256", ""))]):
+            self.log("image decoder: unchanged, kept")
+            return kept
         from .decoder import ImageDecoder, export_decoder_onnx
 
         decoder = ImageDecoder(self.pipe.codec, self.spec)
@@ -224,6 +237,11 @@ class BundleExport:
         from ..models.diffusers_dir import load_pipeline
         from .prompt_graph import PipelinePromptGraph, export_prompt_graph
 
+        old = self.old.get("text_encoder") or {}
+        files = [(old.get("file", ""), old.get("sha256", ""))]
+        files += [(t["file"], t["sha256"]) for t in old.get("tokenizers", [])]
+        if "tokenizers" in old and (kept := self._reusable("text_encoder", files)):
+            return kept
         te = self.spec["text_encoder"]
         graph = PipelinePromptGraph(load_pipeline(te["path"]), int(te.get("t5_tokens", 256)))
         tmp = self.root / ".text_encoder.onnx.tmp"

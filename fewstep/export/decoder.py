@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..models.diffusers_dir import LatentCodec
-from .denoiser import TensorSpec
+from .denoiser import TensorSpec, io_json
 
 
 class ImageDecoder(nn.Module):
@@ -31,17 +31,12 @@ class ImageDecoder(nn.Module):
         return self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
 
     def io_json(self) -> dict:
-        return {
-            "inputs": {s.name: s.to_json() for s in self.inputs},
-            "outputs": {s.name: s.to_json() for s in self.outputs},
-        }
+        return io_json(self.inputs, self.outputs)
 
 
 def export_decoder_onnx(decoder: ImageDecoder, path: str | Path, max_batch: int = 4096) -> Path:
     """fp32 ONNX graph with a dynamic batch, checked and shape-inferred like the denoiser's."""
-    import onnx
-
-    from .to_onnx import OPSET, strip_metadata
+    from .to_onnx import OPSET, finish_onnx
 
     path = Path(path)
     shape = decoder.inputs[0].concrete(2)
@@ -50,7 +45,4 @@ def export_decoder_onnx(decoder: ImageDecoder, path: str | Path, max_batch: int 
         torch.onnx.export(decoder.eval(), (torch.randn(shape),), str(path), input_names=["latents"],
                           output_names=["image"], dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
                           external_data=False, verbose=False)  # fmt: skip
-    model = strip_metadata(onnx.load(str(path)))
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(onnx.shape_inference.infer_shapes(model), str(path))
-    return path
+    return finish_onnx(path)

@@ -88,10 +88,12 @@ class Denoiser(nn.Module):
         return tuple(out)
 
     def io_json(self) -> dict:
-        return {
-            "inputs": {s.name: s.to_json() for s in self.inputs},
-            "outputs": {s.name: s.to_json() for s in self.outputs},
-        }
+        return io_json(self.inputs, self.outputs)
+
+
+def io_json(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> dict:
+    """An engine's declared inputs and outputs, as the manifest and the runtime's boundary checks read them."""
+    return {"inputs": {s.name: s.to_json() for s in inputs}, "outputs": {s.name: s.to_json() for s in outputs}}
 
 
 def denoiser_from_spec(model: nn.Module, spec: dict, encoder=None) -> Denoiser:

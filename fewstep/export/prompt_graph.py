@@ -68,9 +68,7 @@ class PipelinePromptGraph(nn.Module):
 
 def export_prompt_graph(graph: PipelinePromptGraph, path) -> None:
     """ONNX graph: int64 token ids (B, L_k) per tokenizer -> text (B, L, D) [+ pooled (B, P)]."""
-    import onnx
-
-    from .to_onnx import OPSET, strip_metadata
+    from .to_onnx import OPSET, finish_onnx
 
     ids = graph.token_ids(["a", "b"])
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -78,6 +76,4 @@ def export_prompt_graph(graph: PipelinePromptGraph, path) -> None:
         torch.onnx.export(graph.eval(), tuple(ids), str(path), input_names=graph.input_names,
                           output_names=graph.output_names, dynamic_shapes=tuple({0: batch} for _ in ids),
                           opset_version=OPSET, dynamo=True, external_data=False, verbose=False)  # fmt: skip
-    model = strip_metadata(onnx.load(str(path)))
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
+    finish_onnx(path)

@@ -35,7 +35,7 @@ def export_fp32(denoiser: Denoiser, path: Path) -> Path:
     """`torch.onnx.export` (dynamo) with a dynamic batch on every input; checked and shape-inferred."""
     import torch
 
-    onnx = _need_onnx()
+    _need_onnx()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     names = denoiser.input_names
     with torch.no_grad():
@@ -51,6 +51,12 @@ def export_fp32(denoiser: Denoiser, path: Path) -> Path:
             external_data=False,
             verbose=False,
         )
+    return finish_onnx(path)
+
+
+def finish_onnx(path: Path) -> Path:
+    """Every graph fewstep writes: exporter metadata stripped, full checker run, shapes inferred, saved in place."""
+    onnx = _need_onnx()
     model = strip_metadata(onnx.load(str(path)))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(onnx.shape_inference.infer_shapes(model), str(path))

@@ -231,8 +231,16 @@ class PipelinePromptEncoder(CachedPromptEncoder):
         self.sdxl = type(self.pipe).__name__ == "StableDiffusionXLPipeline"
         self.sd3 = type(self.pipe).__name__ == "StableDiffusion3Pipeline"
 
-    def token_count(self, prompt: str) -> int:
-        return len(self.pipe.tokenizer(prompt)["input_ids"])
+    def token_limits(self, prompt: str) -> list[tuple[int, int]]:
+        """Every tokenizer of the pipeline against its length (T5: `t5_tokens`), as the runtime checks them;
+        diffusers would truncate silently."""
+        out = []
+        for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+            tok = getattr(self.pipe, name, None)
+            if tok is not None:
+                limit = int(self.spec.get("t5_tokens", T5_TOKENS)) if name == "tokenizer_3" else tok.model_max_length
+                out.append((len(tok(prompt)["input_ids"]), int(limit)))
+        return out
 
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> Cond:
@@ -276,9 +284,10 @@ class PipelinePromptEncoder(CachedPromptEncoder):
 class LatentCodec(nn.Module):
     """Images in [-1, 1] <-> the denoiser's latents: z = (mean(E(x)) - shift) * scale, x = D(z / scale + shift)."""
 
-    def __init__(self, vae: nn.Module, scaling_factor: float, shift_factor: float = 0.0):
+    def __init__(self, vae: nn.Module, scaling_factor: float, shift_factor: float = 0.0, fingerprint: str = ""):
         super().__init__()
         self.vae, self.scaling_factor, self.shift_factor = vae, scaling_factor, shift_factor
+        self.fingerprint = fingerprint  # sha256 of the VAE's files: keys caches of encoded latents
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -307,7 +316,14 @@ def load_codec(spec: dict) -> LatentCodec | None:
                 "decode images; restore the pipeline directory it was distilled from"
             )
         vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, use_safetensors=True).eval()
-    return LatentCodec(vae, latent["scaling_factor"], latent["shift_factor"])
+    return LatentCodec(vae, latent["scaling_factor"], latent["shift_factor"], _files_sha256(vae_dir))
+
+
+def _files_sha256(folder: Path) -> str:
+    from ..runtime.bundle import sha256_of
+
+    parts = [f"{f.name}:{sha256_of(f)}" for f in sorted(folder.iterdir()) if f.is_file()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def decoded_size(spec: dict) -> int:

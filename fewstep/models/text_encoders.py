@@ -21,7 +21,7 @@ class PromptTooLongError(ValueError):
 
 class CachedPromptEncoder:
     """`encode(prompts) -> Cond` with prompts checked against `max_tokens` before any work and a bounded LRU of
-    the embedding of each distinct prompt. Subclasses give `token_count` and `_encode_uncached`."""
+    the embedding of each distinct prompt. Subclasses give `token_limits` and `_encode_uncached`."""
 
     def __init__(self, spec: dict, max_tokens: int, cache_size: int):
         self.spec = dict(spec, max_tokens=max_tokens)
@@ -29,7 +29,8 @@ class CachedPromptEncoder:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Cond] = OrderedDict()
 
-    def token_count(self, prompt: str) -> int:
+    def token_limits(self, prompt: str) -> list[tuple[int, int]]:
+        """(tokens the prompt takes, most allowed) for every tokenizer the encoder runs."""
         raise NotImplementedError
 
     def _encode_uncached(self, prompts: list[str]) -> Cond:
@@ -39,12 +40,12 @@ class CachedPromptEncoder:
         for p in prompts:
             if not isinstance(p, str):
                 raise TypeError(f"prompts must be strings; got {type(p).__name__}")
-            n = self.token_count(p)
-            if n > self.max_tokens:
-                raise PromptTooLongError(
-                    f"prompt has {n} tokens but the model takes at most {self.max_tokens} "
-                    f"(special tokens included); shorten it: {p[:80]!r}{'...' if len(p) > 80 else ''}"
-                )
+            for n, limit in self.token_limits(p):
+                if n > limit:
+                    raise PromptTooLongError(
+                        f"prompt has {n} tokens but the model takes at most {limit} "
+                        f"(special tokens included); shorten it: {p[:80]!r}{'...' if len(p) > 80 else ''}"
+                    )
 
     def encode(self, prompts: list[str] | str, batch_size: int = 256) -> Cond:
         """Prompts -> Cond(text (B, max_tokens, dim), text_mask (B, max_tokens), pooled, ...)."""
@@ -86,8 +87,8 @@ class TextEncoder(CachedPromptEncoder):
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def token_count(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    def token_limits(self, prompt: str) -> list[tuple[int, int]]:
+        return [(len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"]), self.max_tokens)]
 
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> Cond:
@@ -152,7 +153,7 @@ def load_text_encoder(spec: dict) -> TextEncoder:
     if kind == "diffusers-pipeline":
         from .diffusers_dir import PipelinePromptEncoder
 
-        return PipelinePromptEncoder(spec)  # same interface: encode, null, token_count, spec, max_tokens
+        return PipelinePromptEncoder(spec)  # same interface: encode, null, spec, max_tokens
     if kind == "minilm":
         return minilm(spec.get("max_tokens", 32))
     if kind == "clip":

@@ -8,6 +8,7 @@ and by `benchmarks/latent_step_cost.py`.
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from pathlib import Path
@@ -18,6 +19,7 @@ IMAGE_SIZE = 32  # decoded images; the tiny VAE downsamples by 4 -> 8x8 latents
 TOKENS = 48  # tokenizer max length (CLIP: 77); shapes captions take at most ~20 tokens here
 
 
+@functools.lru_cache(maxsize=1)
 def _words() -> list[str]:
     """Every word of the built-in shapes captions (and the distillation sample prompts)."""
     from ..models.datasets import make_dataset
