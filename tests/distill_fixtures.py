@@ -31,10 +31,10 @@ def make_tiny_teacher(root: Path) -> tuple[Path, Path, Path]:
     return teacher, student_json, pairs
 
 
-def distill_tiny(teacher, out: Path, method: str, **overrides) -> Path:
+def distill_tiny(teacher, out: Path, method: str, resume: bool = False, **overrides) -> Path:
     """A few optimizer steps of `method` from `teacher` (a checkpoint or pipeline directory) into `out`."""
     from fewstep.compress.distill import DistillConfig, distill
 
     fields = dict(teacher=str(teacher), student="same", dataset_size=32, steps=4, batch_size=4, checkpoint_every=2,
                   sample_every=4, warmup_steps=1)  # fmt: skip
-    return distill(DistillConfig(method=method, **{**fields, **overrides}), out, progress=False)
+    return distill(DistillConfig(method=method, **{**fields, **overrides}), out, resume=resume, progress=False)

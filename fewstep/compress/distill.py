@@ -21,6 +21,8 @@ from ..models.checkpoint import CheckpointError
 from ..models.datasets import make_dataset
 from ..models.diffusers_dir import decoded_size, load_codec
 from ..models.loading import load_model, model_sha256, resolve_checkpoint, save_model
+from ..models.lora import add_lora, base_reference
+from ..models.model_kinds import network_of
 from ..models.pipeline import TorchPipeline, resolve_guidance, sampling_times
 from ..models.samplers import consistency_timesteps, uniform_timesteps
 from ..models.text_encoders import load_text_encoder
@@ -72,6 +74,11 @@ class DistillConfig:
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N
     mixed_precision: str = "no"  # no | bf16 | fp16 (GPUs only)
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes 8-bit AdamW, CUDA only)
+    # memory savers for large teachers
+    lora_rank: int = 0  # > 0: train rank-r LoRA adapters (peft) on the teacher's frozen network (--student same)
+    lora_alpha: float = 0.0  # LoRA scale numerator alpha (adapter scale alpha / rank); 0 = rank
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     distance: str = "pseudo_huber"  # pseudo_huber | l2, for the methods that regress images
     t_sampling: str = "uniform"  # uniform | logit_normal (reflow, slimflow stage 1, guidance)
     # slimflow
@@ -102,6 +109,11 @@ class DistillConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.init not in (*INITS, "auto"):
             raise ValueError(f"init must be one of {', '.join(INITS)} or auto; got {self.init!r}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = train every weight); got {self.lora_rank}")
+        if self.lora_rank and (self.student != "same" or self.init not in ("teacher", "auto")):
+            raise ValueError("a LoRA student is the teacher's own network plus adapters: use --student same "
+                             "(and --init teacher or auto)")  # fmt: skip
         if self.student_steps < 1:
             raise ValueError(f"student_steps must be >= 1; got {self.student_steps}")
         if self.method == "progressive":
@@ -177,18 +189,39 @@ class Distiller:
         return self.data.batch(step, self.cfg.batch_size, self.cfg.seed)
 
     # ---- students ----------------------------------------------------------------------------
-    def new_student(self, init: str | None = None, source: torch.nn.Module | None = None) -> tuple:
+    def new_student(self, init: str | None = None, source: torch.nn.Module | None = None,
+                    source_path: Path | None = None) -> tuple:  # fmt: skip
+        """A fresh student initialised from `source` (default: the teacher, read from `source_path`)."""
         torch.manual_seed(self.cfg.seed)
         student = build_student(self.arch)
-        report = init_student(student, source if source is not None else self.teacher, init or self.init)
+        source = source if source is not None else self.teacher
+        report = init_student(student, source, init or self.init)
+        if self.cfg.lora_rank:
+            report["lora"] = self._add_lora(student, source, source_path or self.teacher_path)
+        if self.cfg.gradient_checkpointing:
+            network_of(student).enable_gradient_checkpointing()
         return student, report
+
+    def _add_lora(self, student: torch.nn.Module, source: torch.nn.Module, source_path: Path) -> dict:
+        """Freeze the student, attach adapters; -> the spec's `lora` section (base = the source model)."""
+        known = set(source.state_dict())
+        extra = [n for n, _ in student.named_parameters() if n not in known]  # e.g. the guidance w projection
+        alpha = self.cfg.lora_alpha or float(self.cfg.lora_rank)
+        add_lora(student, self.arch, self.cfg.lora_rank, alpha, extra)
+        is_teacher = source is self.teacher
+        return {"rank": self.cfg.lora_rank, "alpha": alpha, "extra": extra,
+                "base": base_reference(self.cfg.teacher if is_teacher else str(source_path), source_path),
+                "base_sha256": self.teacher_sha256 if is_teacher else model_sha256(source_path)}  # fmt: skip
 
     def spec(self, step: int, rule: str, times: list[float], guidance: dict, extra: dict) -> dict:
         img = self.teacher_spec["image"]
         sampler = {"rule": rule, "timesteps": times, "default_steps": len(times) - (rule == "euler"),
                    "guidance": guidance, **extra.pop("sampler", {})}  # fmt: skip
+        init = extra.get("init")
+        lora = init.get("lora") if isinstance(init, dict) else None
         return {
             **self.arch,
+            **({"lora": lora} if lora else {}),
             "name": self.name,
             "role": "student",
             "preset": self.cfg.student,
@@ -314,13 +347,12 @@ def _run_slimflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, pro
     s1 = out / "stage1"
     loss1 = AnnealingReflowLoss(cfg.anneal_steps, cfg.anneal_schedule, cfg.t_sampling)
     guide = d.run_loop(student, loss1, d.pair_batch, cfg.loop(), s1, spec1, resume, progress)
-    student2 = build_student(d.arch)
-    student2.load_state_dict(guide.state_dict())
+    # stage 2 starts from the stage-1 student (a LoRA student: new adapters on the fused stage-1 network)
+    student2, report2 = d.new_student("teacher", guide, s1 / "model.safetensors")
+    report2["init"] = f"stage 1 ({report['init']})"
 
     def spec2(step):
-        return d.spec(
-            step, "euler", one, _none(scale), {"init": f"stage 1 ({report['init']})", "stage": 2, "train_times": [1.0]}
-        )
+        return d.spec(step, "euler", one, _none(scale), {"init": report2, "stage": 2, "train_times": [1.0]})
 
     loss2 = FlowGuidedLoss(guide, cfg.distance, (cfg.tau_min, cfg.tau_max))
     s2 = out / "stage2"
@@ -363,11 +395,11 @@ def _run_consistency(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, 
 def _run_progressive(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
     teacher, guidance, null = d.teacher, cfg.guidance, d.null
     n, r = cfg.start_steps, 1
-    source, init = d.teacher, d.init
+    source, init, source_path = d.teacher, d.init, d.teacher_path
     while n > cfg.student_steps:
         half = n // 2
         where = out / f"round{r}_{n}to{half}"
-        student, report = d.new_student(init, source)
+        student, report = d.new_student(init, source, source_path)
         times = _euler_times(half)
 
         def spec(step, times=times, report=report, n=n, r=r):
@@ -378,6 +410,7 @@ def _run_progressive(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, 
         last = d.run_loop(student, loss, d.data_batch, cfg.loop(), where, spec, resume, progress)
         # the student is the next teacher; guidance is baked in after the first round
         teacher, guidance, null, source, init = last, 1.0, None, last, "teacher"
+        source_path = where / "model.safetensors"
         n, r = half, r + 1
     return where / "model.safetensors"
 

@@ -60,6 +60,7 @@ class LoopConfig:
     max_bad_steps: int = 20  # consecutive non-finite losses before giving up
     device: str = "cpu"  # cpu | cuda | cuda:N
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; GPUs only: bf16 is ~130x slower on this CPU)
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes' 8-bit AdamW: ~1/4 of the optimizer memory; CUDA only)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -71,6 +72,10 @@ class LoopConfig:
             raise ValueError(f"ema_decay must be in [0, 1); got {self.ema_decay}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"optimizer must be adamw or adamw8bit; got {self.optimizer!r}")
+        if self.optimizer == "adamw8bit" and not self.device.startswith("cuda"):
+            raise ValueError("optimizer=adamw8bit (bitsandbytes) runs on CUDA GPUs only; use adamw on this device")
         if self.mixed_precision != "no" and not self.device.startswith("cuda"):
             raise ValueError(
                 f"mixed_precision={self.mixed_precision} needs a GPU (device cuda); on CPUs it is far slower than fp32"
@@ -123,6 +128,16 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+def make_optimizer(config: LoopConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise ImportError("optimizer=adamw8bit needs bitsandbytes (CUDA): pip install bitsandbytes") from e
+        return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     """Move a batch (tensors, Conds, tuples of them) to the training device."""
     if device.type == "cpu":
@@ -158,7 +173,9 @@ class TrainingLoop:
         self.save_model_fn, self.sample_fn, self.on_step = save_model_fn, sample_fn, on_step
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # frozen weights (a LoRA student's base) are neither averaged nor checkpointed: they never change
+        self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        self.opt = make_optimizer(config, self.params)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
         self.autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")
@@ -170,8 +187,8 @@ class TrainingLoop:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items() if k not in self.frozen}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items() if k not in self.frozen})
         if hasattr(self.loss_fn, "state_tensors"):
             tensors.update({f"loss.{k}": v for k, v in self.loss_fn.state_tensors().items()})
         tensors.update(optimizer_tensors(self.opt, "optim."))
@@ -202,8 +219,12 @@ class TrainingLoop:
                 f"{path} was trained with other settings {diff} (saved, now); resume with the same config"
             )
         pick = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-        self.model.load_state_dict(pick("model."))
-        self.ema.load_state_dict(pick("ema."))
+        for name, module in (("model.", self.model), ("ema.", self.ema)):
+            result = module.load_state_dict(pick(name), strict=False)
+            missing = set(result.missing_keys) - self.frozen
+            if missing or result.unexpected_keys:
+                odd = sorted(missing or result.unexpected_keys)[0]
+                raise CheckpointError(f"{path} holds another network than this run's (e.g. {odd})")
         if hasattr(self.loss_fn, "load_state_tensors"):
             self.loss_fn.load_state_tensors({k: v.to(self.device) for k, v in pick("loss.").items()})
         load_optimizer_tensors(self.opt, pick("optim."), meta["param_groups"])
@@ -233,7 +254,8 @@ class TrainingLoop:
     def _update_ema(self, step: int) -> None:
         decay = min(self.config.ema_decay, (1 + step) / (10 + step))
         for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-            e.lerp_(p, 1 - decay)
+            if p.requires_grad:
+                e.lerp_(p, 1 - decay)
         for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
             e.copy_(b)
 

@@ -404,6 +404,11 @@ class BundleExport:
         sampler["timesteps"] = [float(t) for t in sampling_times(self.spec, None)]
         return sampler
 
+    def _lora_entry(self) -> dict:
+        """A LoRA student is exported fused: its engines hold base + adapter as one network."""
+        lora = self.spec.get("lora")
+        return {"lora": {k: lora[k] for k in ("rank", "alpha", "base_sha256")} | {"fused": True}} if lora else {}
+
     def _manifest(self, text: dict, engines: list[dict], refused: list[dict]) -> dict:
         training = self.spec.get("training", {})
         return {
@@ -416,6 +421,7 @@ class BundleExport:
                 "role": self.spec.get("role"),
                 "method": training.get("method"),
                 "teacher": training.get("teacher"),
+                **self._lora_entry(),
             },
             "sampler": self._sampler(),
             "image": self.spec["image"],

@@ -56,9 +56,18 @@ def model_sha256(path: str | Path) -> str:
 def save_model(path: str | Path, model: torch.nn.Module, spec: dict, dtype: torch.dtype = torch.float32) -> None:
     """Write weights (+ the spec in the file's metadata) atomically; `spec` must hold `kind` and its network
     config (`unet` or `transformer`)."""
-    meta = dict(spec, format=CHECKPOINT_FORMAT, params=sum(p.numel() for p in model.parameters()))
+    lora = spec.get("lora")
+    if lora:  # a LoRA student: the adapter alone; the base model comes from lora["base"]
+        from .lora import adapter_state, base_params
+
+        state = adapter_state(model, lora.get("extra", []))
+        lora = dict(lora, adapter_params=sum(v.numel() for v in state.values()))
+        meta = dict(spec, lora=lora, format=CHECKPOINT_FORMAT, params=base_params(model))
+    else:
+        state = model.state_dict()
+        meta = dict(spec, format=CHECKPOINT_FORMAT, params=sum(p.numel() for p in model.parameters()))
     meta.setdefault("created_by", {"fewstep": __version__})
-    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_tensors(path, tensors, meta)
 
 
@@ -77,6 +86,41 @@ def load_model(name_or_path: str | Path) -> tuple[torch.nn.Module, dict]:
     missing = [k for k in (net, "image", "sampler", "text_encoder") if k not in spec]
     if missing:
         raise CheckpointError(f"{path} is missing the spec field(s) {', '.join(missing)}; it is incomplete or damaged")
-    model = build_model(spec)
-    load_state_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, str(path))
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    model = _load_lora_student(path, spec, tensors) if spec.get("lora") else build_model(spec)
+    if not spec.get("lora"):
+        load_state_strict(model, tensors, str(path))
     return model.eval().requires_grad_(False), spec
+
+
+def _load_lora_student(path: Path, spec: dict, adapter: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Base model + the checkpoint's adapter, fused into a plain network."""
+    from .lora import add_lora, fuse_lora, is_adapter_tensor
+
+    lora = spec["lora"]
+    where = f"LoRA student {path} needs its base model {lora['base']!r}"
+    try:
+        base_path = resolve_checkpoint(lora["base"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}, which is missing ({e}); restore it, or export the student where it exists "
+                              "(bundles hold the fused network)") from None  # fmt: skip
+    if model_sha256(base_path) != lora["base_sha256"]:
+        raise CheckpointError(f"{where}, but {base_path} has changed since training (sha256 differs): the adapter "
+                              "only fits the exact weights it was trained on")  # fmt: skip
+    base, _ = load_model(base_path)
+    model = build_model(spec)
+    extra = lora.get("extra", [])
+    result = model.load_state_dict(base.state_dict(), strict=False)
+    missing = [k for k in result.missing_keys if k not in extra]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{where}, but its network does not match the student's "
+                              f"(e.g. {(missing or result.unexpected_keys)[0]})")  # fmt: skip
+    del base
+    add_lora(model, spec, int(lora["rank"]), float(lora["alpha"]), extra)
+    wanted = {k for k in model.state_dict() if is_adapter_tensor(k, extra)}
+    if set(adapter) != wanted:
+        odd = sorted(set(adapter) ^ wanted)
+        raise CheckpointError(f"{path}: adapter tensors do not match a rank-{lora['rank']} LoRA of the student "
+                              f"(e.g. {odd[0]}); the file is damaged or from another fewstep")  # fmt: skip
+    model.load_state_dict(adapter, strict=False)
+    return fuse_lora(model)
