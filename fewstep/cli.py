@@ -14,6 +14,7 @@ COMMANDS = (
     "train_teacher",
     "pairs",
     "distill",
+    "distill_decoder",
     "export",
     "generate",
     "bench",
@@ -31,6 +32,7 @@ the built-in chain, in order:
   fewstep train-teacher --out DIR   train a flow-matching teacher (the shapes teacher ships with fewstep)
   fewstep pairs --out DIR           teacher ODE solutions (noise, prompt) -> image, for pair-based methods
   fewstep distill METHOD --out DIR  a 1-4 step student: reflow slimflow instaflow guidance consistency progressive dmd
+  fewstep distill-decoder --teacher PIPELINE --out DIR   a tiny (TAESD-like) image decoder for latent models
   fewstep export MODEL --out DIR    an engine bundle: ONNX / OpenVINO / CoreML / TensorRT, fp32 / fp16 / int8, gated
   fewstep generate MODEL --prompt P write a PNG grid (MODEL: a checkpoint path or 'shapes32-teacher')
   fewstep bench BUNDLE              latency per batch size and stage, cold start, memory, edge profiles, vs torch

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("bundle", help="engine bundle directory (fewstep export)")
     p.add_argument("--engine", help="engine id from the manifest (default: the first that loads here)")
+    p.add_argument("--decoder", choices=("vae", "tiny"), default=None,
+                   help="latent bundles: the image decoder to run (default: the bundle's default_decoder)")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 4, 8], help="comma-separated (default 1,4,8)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per batch size (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
@@ -86,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0 or not args.batch_sizes or min(args.batch_sizes) < 1:
         raise ValueError("--runs must be >= 1, --warmup >= 0 and every batch size >= 1")
     options = {"compute_units": args.coreml_compute_units} if args.coreml_compute_units else {}
-    gen = Generator.from_bundle(args.bundle, engine=args.engine, threads=args.threads or None, **options)
+    gen = Generator.from_bundle(args.bundle, engine=args.engine, decoder=args.decoder, threads=args.threads or None,
+                                **options)  # fmt: skip
     entry = gen.engine_entry
     result = {
         "bundle": str(args.bundle),

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="checkpoint path, run directory, shipped model name, or an engine bundle directory")
     p.add_argument("--engine", help="for a bundle: the engine id to run (default: the first that loads here)")
+    p.add_argument("--decoder", choices=("vae", "tiny"), default=None,
+                   help="latent bundles: the image decoder to run (default: the bundle's default_decoder)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument("--prompts-file", help="UTF-8 text file, one prompt per line")
     p.add_argument(
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("an engine bundle samples with its own rule; leave --sampler out")
         from ..runtime import Generator
 
-        gen = Generator.from_bundle(args.model, engine=args.engine, threads=args.threads)
+        gen = Generator.from_bundle(args.model, engine=args.engine, decoder=args.decoder, threads=args.threads)
         images = gen.generate(rows, seeds, steps=args.steps, guidance=args.guidance)
         sampler, source = gen.sampler, f"engine {gen.engine_entry['id']}"
     else:
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
         from ..models.pipeline import TorchPipeline
 
+        if args.decoder:
+            raise ValueError("--decoder chooses between a bundle's image decoders; a checkpoint decodes with its VAE")
         if args.threads:
             torch.set_num_threads(args.threads)
         pipe = TorchPipeline.from_checkpoint(args.model)

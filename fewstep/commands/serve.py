@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("bundle", help="engine bundle directory (fewstep export)")
     p.add_argument("--engine", help="engine id from the manifest (default: the first that loads here)")
+    p.add_argument("--decoder", choices=("vae", "tiny"), default=None,
+                   help="latent bundles: the image decoder to run (default: the bundle's default_decoder)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--threads", type=int, default=0, help="engine threads (default: the backend's)")
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.server import ServeConfig, create_app
 
     config = ServeConfig(args.max_batch, args.max_wait_ms, args.max_queue, args.timeout, args.max_images)
-    gen = Generator.from_bundle(args.bundle, engine=args.engine, threads=args.threads or None)
+    gen = Generator.from_bundle(args.bundle, engine=args.engine, decoder=args.decoder, threads=args.threads or None)
     print(f"serving {gen.manifest['model']['name']} ({gen.engine_entry['id']}) on http://{args.host}:{args.port}/")
     uvicorn.run(create_app(gen, config), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=int(args.timeout) + 5)  # fmt: skip

@@ -105,6 +105,8 @@ class BundleExport:
         self.old = self._previous_manifest(force)
         self._calibration: tuple[list[dict[str, np.ndarray]], dict] | None = None
         self._reference: np.ndarray | None = None
+        self._reference_latents: torch.Tensor | None = None
+        self._tiny_entry: dict | None = None
         self._parity_prompts = calibration_prompts(cfg.parity_prompts, cfg.calibration_dataset, PARITY_SEED)
 
     def _previous_manifest(self, force: bool) -> dict:
@@ -142,6 +144,7 @@ class BundleExport:
             times = sampling_times(self.spec, None)
             with torch.no_grad():
                 x = self.pipe.sample(self.pipe.encoder.encode(p), seeds, times, self.pipe.default_guidance)
+                self._reference_latents = x
                 self._reference = self.pipe.decode(x).numpy()  # latent models: the images, as the runtime's
         return self._reference
 
@@ -154,6 +157,7 @@ class BundleExport:
         try:
             text = self._text_encoder()
             self._decoder_entry = self._decoder()
+            self._tiny_entry = self._tiny_decoder()
             engines, refused = self._kept_engines(), []
             fp32_engines: dict[str, object] = {}
             for target, precision, quantizer in self.jobs:
@@ -228,6 +232,41 @@ class BundleExport:
         entry = {"file": path.name, "sha256": sha256_of(path), "backend": "onnxruntime", "precision": "fp32",
                  "size_bytes": size_of(path), **decoder.io_json()}  # fmt: skip
         self.log(f"image decoder: written ({entry['size_bytes'] / 1e6:.2f} MB)")
+        return entry
+
+    def _tiny_decoder(self) -> dict | None:
+        """A distilled tiny decoder as `decoder_tiny.onnx`, with its PSNR against the VAE decoder on the parity
+        prompts' student latents (run in ONNX Runtime): recorded, not gated (a speed/quality trade-off)."""
+        if not self.cfg.tiny_decoder:
+            return None
+        from ..compress.tiny_decoder import check_decoder_fits, load_tiny_decoder
+
+        tiny, dspec = load_tiny_decoder(self.cfg.tiny_decoder)
+        check_decoder_fits(dspec, self.spec, self.pipe.codec)
+        source = Path(self.cfg.tiny_decoder)
+        source = source / "decoder.safetensors" if source.is_dir() else source
+        old = (self.old.get("decoders") or {}).get("tiny") or {}
+        if old.get("source_sha256") == sha256_of(source):
+            if kept := self._reusable("decoders", [(old.get("file", ""), old.get("sha256", ""))]):
+                self.log("tiny image decoder: unchanged, kept")
+                return kept["tiny"]
+        from .decoder import TinyImageDecoder, export_decoder_onnx
+
+        decoder = TinyImageDecoder(tiny, self.spec)
+        tmp = self.root / ".decoder_tiny.onnx.tmp"
+        export_decoder_onnx(decoder, tmp)
+        path = self.root / "decoder_tiny.onnx"
+        os.replace(tmp, path)
+        self.reference()
+        session = load_engine("onnxruntime", path, decoder.io_json())
+        got = session.run({"latents": self._reference_latents.numpy()})["image"]
+        mse = float(np.mean((got - self._reference) ** 2))
+        entry = {"file": path.name, "sha256": sha256_of(path), "backend": "onnxruntime", "precision": "fp32",
+                 "size_bytes": size_of(path), "source": str(source), "source_sha256": sha256_of(source),
+                 "params": dspec["params"], "psnr_vs_vae_db": round(10 * np.log10(4.0 / max(mse, 1e-20)), 2),
+                 **decoder.io_json()}  # fmt: skip
+        self.log(f"tiny image decoder: written ({entry['size_bytes'] / 1e6:.2f} MB, "
+                 f"{entry['psnr_vs_vae_db']} dB vs the VAE decoder)")  # fmt: skip
         return entry
 
     def _pipeline_text_encoder(self) -> dict:
@@ -404,6 +443,13 @@ class BundleExport:
         sampler["timesteps"] = [float(t) for t in sampling_times(self.spec, None)]
         return sampler
 
+    def _decoders_entry(self) -> dict:
+        """Latent bundles with a tiny decoder: both decoders and the runtime's default (`decoder` stays the VAE's,
+        the reference every parity gate uses)."""
+        if not self._tiny_entry:
+            return {}
+        return {"decoders": {"vae": self._decoder_entry, "tiny": self._tiny_entry}, "default_decoder": self.cfg.decoder}
+
     def _lora_entry(self) -> dict:
         """A LoRA student is exported fused: its engines hold base + adapter as one network."""
         lora = self.spec.get("lora")
@@ -428,6 +474,7 @@ class BundleExport:
             # latent models: scale/shift and decoded size (the VAE path is local to the exporting machine)
             **({"latent": {k: v for k, v in self.spec["latent"].items() if k != "vae"}} if self._decoder_entry else {}),
             **({"decoder": self._decoder_entry} if self._decoder_entry else {}),
+            **self._decoders_entry(),
             "text_encoder": text,
             "engines": engines,
             "refused": refused,

@@ -29,12 +29,18 @@ class ExportConfig:
     max_batch: int = 16  # images per request the engines must take (CFG engines get 2x; TensorRT profiles, Triton)
     triton: bool = False  # also write a Triton Inference Server model repository (bundle/triton/)
     threads: int = 0  # CPU threads for export-time inference (0: all cores)
+    tiny_decoder: str | None = None  # latent models: a tiny decoder (fewstep distill-decoder) bundled beside the VAE's
+    decoder: str = "vae"  # latent models: the image decoder the runtime uses by default: vae | tiny
 
     def __post_init__(self) -> None:
         if self.calibration_prompts < 1 or self.parity_prompts < 1:
             raise ConfigError("calibration_prompts and parity_prompts must be >= 1")
         if self.speed_batch < 1 or self.speed_runs < 1 or self.max_batch < 1:
             raise ConfigError("speed_batch, speed_runs and max_batch must be >= 1")
+        if self.decoder not in ("vae", "tiny"):
+            raise ConfigError(f"config field 'decoder': unknown {self.decoder!r}; choose vae or tiny")
+        if self.decoder == "tiny" and not self.tiny_decoder:
+            raise ConfigError("decoder=tiny needs --tiny-decoder PATH (a decoder made by fewstep distill-decoder)")
         for q in self.quantizer:
             if q not in ("nncf", "ort"):
                 raise ConfigError(f"config field 'quantizer': unknown {q!r}; choose nncf and/or ort")

@@ -34,7 +34,24 @@ class ImageDecoder(nn.Module):
         return io_json(self.inputs, self.outputs)
 
 
-def export_decoder_onnx(decoder: ImageDecoder, path: str | Path, max_batch: int = 4096) -> Path:
+class TinyImageDecoder(nn.Module):
+    """A distilled tiny decoder (fewstep distill-decoder) with the VAE decoder's graph signature."""
+
+    def __init__(self, tiny: nn.Module, spec: dict):
+        super().__init__()
+        self.tiny = tiny.eval()
+        img, out = spec["image"], spec["latent"]["decoded"]
+        self.inputs = [TensorSpec("latents", ("B", img["channels"], img["height"], img["width"]))]
+        self.outputs = [TensorSpec("image", ("B", out["channels"], out["height"], out["width"]))]
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.tiny(latents)
+
+    def io_json(self) -> dict:
+        return io_json(self.inputs, self.outputs)
+
+
+def export_decoder_onnx(decoder: ImageDecoder | TinyImageDecoder, path: str | Path, max_batch: int = 4096) -> Path:
     """fp32 ONNX graph with a dynamic batch, checked and shape-inferred like the denoiser's."""
     from .to_onnx import OPSET, finish_onnx
 

@@ -61,10 +61,12 @@ class Generator:
         engine: str | None = None,
         backend: str | None = None,
         threads: int | None = None,
+        decoder: str | None = None,
         **engine_options,
     ) -> Generator:
         """Load a bundle (sha256 of every file used is checked); `engine` = an engine id from the manifest,
         `backend` = restrict to one backend; otherwise the first engine in BACKEND_PRIORITY that loads here.
+        `decoder` = a latent bundle's image decoder, `vae` or `tiny` (default: the bundle's `default_decoder`).
         `engine_options` go to the backend (e.g. compute_units for CoreML, providers for ONNX Runtime)."""
         root = Path(path)
         manifest = read_manifest(root)
@@ -86,16 +88,18 @@ class Generator:
         else:
             tokenizers = verify_file(root, te["tokenizer"], te["tokenizer_sha256"])
         text = RuntimeTextEncoder(verify_file(root, te["file"], te["sha256"]), tokenizers, te, threads)
-        decoder = None
+        image_decoder = None
         if "decoder" in manifest:
-            d = manifest["decoder"]
-            decoder = load_engine("onnxruntime", verify_file(root, d["file"], d["sha256"]), d, threads=threads)
+            d = pick_decoder(manifest, decoder, root)
+            image_decoder = load_engine("onnxruntime", verify_file(root, d["file"], d["sha256"]), d, threads=threads)
+        elif decoder is not None:
+            raise BundleError(f"bundle {root} works in pixel space: it has no image decoder to choose")
         reasons = []
         for entry in candidates:
             paths = [verify_file(root, name, sha) for name, sha in entry["files"].items()]
             try:
                 engine_obj = load_engine(entry["backend"], paths[0], entry, threads=threads, **engine_options)
-                return cls(manifest, engine_obj, text, entry, decoder)
+                return cls(manifest, engine_obj, text, entry, image_decoder)
             except BackendUnavailable as e:
                 reasons.append(f"{entry['id']}: {e}")
         raise BackendUnavailable("no engine of this bundle can run here: " + "; ".join(reasons))
@@ -208,3 +212,13 @@ class Generator:
                 self._record("decode", t0)
             out.append(x)
         return np.concatenate(out)
+
+
+def pick_decoder(manifest: dict, name: str | None, root: Path) -> dict:
+    """The manifest entry of a latent bundle's image decoder `name` (None: the bundle's default)."""
+    decoders = manifest.get("decoders") or {"vae": manifest["decoder"]}
+    name = name or manifest.get("default_decoder", "vae")
+    if name not in decoders:
+        hint = " (export with --tiny-decoder PATH to add one)" if name == "tiny" else ""
+        raise BundleError(f"bundle {root} has no {name!r} image decoder; it has: {', '.join(decoders)}{hint}")
+    return decoders[name]

@@ -1,0 +1,244 @@
+"""A tiny image decoder (TAESD-like) distilled from a latent model's VAE decoder.
+
+At one or two denoiser steps the VAE decoder is most of the latency (SD's decoder runs ~1.2 TFLOP at 512 px).
+TAESD's decoder (diffusers `DecoderTiny`: plain 3x3 conv residual blocks, nearest upsampling) is ~1/30 of that.
+`fewstep distill-decoder` trains one to reproduce the teacher VAE's decodings, `D_tiny(z) ~ D_vae(z)` (L1 on the
+images, the latents `z` those of dataset images encoded once by the VAE), with the one training loop (EMA,
+atomic checkpoints, --resume). `fewstep export --tiny-decoder PATH` puts it in a bundle next to the VAE decoder;
+the runtime picks either (`--decoder tiny|vae`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import to_dict, to_yaml
+from ..fsio import atomic_write_text
+from ..imaging import make_grid, save_png, to_uint8
+from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
+from ..models.datasets import make_dataset, to_model_range
+from ..models.diffusers_dir import LatentCodec, decoded_size, load_codec
+from ..models.loading import load_model, model_sha256, resolve_checkpoint
+from .trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
+
+DECODER_FORMAT = "fewstep-tiny-decoder/1"
+
+
+@dataclass(frozen=True)
+class DecoderDistillConfig:
+    teacher: str = ""  # a local diffusers pipeline directory, or a latent student of one: its VAE is the target
+    channels: int = 64  # width of every decoder block (TAESD: 64)
+    blocks: int = 3  # residual blocks per resolution (TAESD: 3)
+    dataset: str = "shapes"  # images whose VAE latents are the training inputs: shapes | digits | imagefolder
+    data_path: str | None = None  # imagefolder only
+    dataset_size: int = 2000  # training images (rendered and VAE-encoded once, cached in the run directory)
+    eval_size: int = 256  # held-out images (another data seed) for the final PSNR and timing
+    data_seed: int = 0
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    sample_every: int = 500
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise ValueError("distill-decoder needs --teacher: a diffusers pipeline directory or a latent student")
+        if self.channels < 1 or self.blocks < 1:
+            raise ValueError(f"channels and blocks must be >= 1; got {self.channels}, {self.blocks}")
+
+    def loop(self) -> LoopConfig:
+        names = {f.name for f in fields(LoopConfig)}
+        return LoopConfig(**{k: v for k, v in to_dict(self).items() if k in names})
+
+
+class TinyDecoder(nn.Module):
+    """Latents of the denoiser (B, C, h, w) -> image (B, 3, H, W) in [-1, 1], H = factor h; TAESD's layout."""
+
+    def __init__(self, latent_channels: int, factor: int, channels: int = 64, blocks: int = 3):
+        super().__init__()
+        from diffusers.models.autoencoders.vae import DecoderTiny
+
+        ups = round(math.log2(factor))
+        if 2**ups != factor:
+            raise ValueError(f"the VAE's downsampling factor must be a power of two; got {factor}")
+        self.config = {"latent_channels": latent_channels, "factor": factor, "channels": channels, "blocks": blocks}
+        self.decoder = DecoderTiny(in_channels=latent_channels, out_channels=3, num_blocks=(blocks,) * ups + (1,),
+                                   block_out_channels=(channels,) * (ups + 1), upsampling_scaling_factor=2,
+                                   act_fn="relu", upsample_fn="nearest")  # fmt: skip
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents).clamp(-1, 1)
+
+
+def _latent_layout(spec: dict) -> tuple[int, int]:
+    """(latent channels, downsampling factor) of a latent model."""
+    if "latent" not in spec:
+        raise ValueError(f"{spec.get('name', 'this model')} works in pixel space: it has no decoder to distil")
+    return int(spec["image"]["channels"]), decoded_size(spec) // int(spec["image"]["height"])
+
+
+def save_tiny_decoder(path: Path, model: TinyDecoder, spec: dict, codec: LatentCodec, extra: dict) -> None:
+    meta = {"format": DECODER_FORMAT, "decoder": model.config, "image": spec["latent"]["decoded"],
+            "latents": spec["image"], "vae_fingerprint": codec.fingerprint,
+            "params": sum(p.numel() for p in model.parameters()),
+            "created_by": {"fewstep": __version__, "command": "fewstep distill-decoder"}, **extra}  # fmt: skip
+    save_tensors(path, model.state_dict(), meta)
+
+
+def load_tiny_decoder(path: str | Path) -> tuple[TinyDecoder, dict]:
+    """-> (decoder in eval mode, its spec); a file of another kind is named, never guessed at."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "decoder.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"tiny decoder {path} does not exist (make one with `fewstep distill-decoder`)")
+    tensors, spec = load_tensors(path)
+    if spec.get("format") != DECODER_FORMAT:
+        raise CheckpointError(f"{path} is not a fewstep tiny decoder (format {spec.get('format')!r})")
+    model = TinyDecoder(**spec["decoder"])
+    model.load_state_dict(tensors)
+    return model.eval().requires_grad_(False), spec
+
+
+def check_decoder_fits(decoder_spec: dict, model_spec: dict, codec: LatentCodec | None) -> None:
+    """A tiny decoder decodes only the latents of the VAE it was distilled from."""
+    if codec is None or decoder_spec["vae_fingerprint"] != codec.fingerprint:
+        raise ValueError("this tiny decoder was distilled from another VAE than the model's; distil one from this "
+                         "model's pipeline: fewstep distill-decoder --teacher PIPELINE_DIR")  # fmt: skip
+    if decoder_spec["latents"] != model_spec["image"]:
+        raise ValueError(f"the tiny decoder reads latents {decoder_spec['latents']}, the model makes "
+                         f"{model_spec['image']}")  # fmt: skip
+
+
+def _encode(codec: LatentCodec, ds, desc: str) -> tuple[torch.Tensor, np.ndarray]:
+    from tqdm import tqdm
+
+    images = np.stack([ds.item(i)[0] for i in range(len(ds))])
+    latents = [codec.encode(torch.from_numpy(to_model_range(images[i : i + 32])))
+               for i in tqdm(range(0, len(images), 32), desc=desc, mininterval=2, leave=False)]  # fmt: skip
+    return torch.cat(latents), images
+
+
+def _cached_latents(cfg: DecoderDistillConfig, codec: LatentCodec, size: int, out: Path) -> torch.Tensor:
+    ds = make_dataset(cfg.dataset, size, cfg.data_seed, cfg.dataset_size, cfg.data_path)
+    key = f"{ds.fingerprint()}|{len(ds)}|{codec.fingerprint}"
+    cache = out / "latents.safetensors"
+    if cache.is_file():
+        try:
+            tensors, meta = load_tensors(cache)
+            if meta.get("key") == key:
+                return tensors["latents"]
+        except CheckpointError:
+            pass  # a broken cache is rebuilt, never trusted
+    latents, _ = _encode(codec, ds, "encode images (VAE)")
+    save_tensors(cache, {"latents": latents.contiguous()}, {"key": key})
+    return latents
+
+
+class DecoderLoss:
+    """L1 between the tiny decoder's image and the VAE decoder's, on the same latents."""
+
+    def __init__(self, codec: LatentCodec):
+        self.codec = codec
+
+    def to(self, device) -> DecoderLoss:
+        self.codec.to(device)
+        return self
+
+    def __call__(self, model: nn.Module, latents: torch.Tensor, rnd) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            target = self.codec.decode(latents)
+        diff = model(latents) - target
+        loss = diff.abs().mean()
+        return loss, {"loss": float(loss.detach()), "mse": float(diff.detach().square().mean())}
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = float((a - b).square().mean())
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def _ms_per_image(fn, latents: torch.Tensor, repeats: int = 3) -> float:
+    with torch.no_grad():
+        fn(latents[:2])  # warm-up
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(latents)
+            best = min(best, time.perf_counter() - t0)
+    return 1000 * best / len(latents)
+
+
+def evaluate_tiny_decoder(model: TinyDecoder, codec: LatentCodec, spec: dict, cfg: DecoderDistillConfig) -> dict:
+    """PSNR of the tiny decoder against the VAE decoder (and both against the real images) on held-out images."""
+    ds = make_dataset(cfg.dataset, decoded_size(spec), cfg.data_seed + 1, cfg.eval_size, cfg.data_path)
+    latents, images = _encode(codec, ds, "encode held-out images")
+    real = torch.from_numpy(to_model_range(images))
+    with torch.no_grad():
+        vae = torch.cat([codec.decode(latents[i : i + 32]) for i in range(0, len(latents), 32)])
+        tiny = torch.cat([model(latents[i : i + 32]) for i in range(0, len(latents), 32)])
+    batch = latents[:16]
+    return {
+        "images": len(latents),
+        "psnr_tiny_vs_vae_db": round(_psnr(tiny, vae), 2),
+        "psnr_vae_vs_real_db": round(_psnr(vae, real), 2),
+        "psnr_tiny_vs_real_db": round(_psnr(tiny, real), 2),
+        "params_tiny": sum(p.numel() for p in model.parameters()),
+        "params_vae_decoder": sum(p.numel() for n, p in codec.vae.named_parameters() if not n.startswith("encoder")),
+        "ms_per_image_tiny": round(_ms_per_image(model, batch), 3),
+        "ms_per_image_vae": round(_ms_per_image(codec.decode, batch), 3),
+        "timing": f"torch eager, batch {len(batch)}, {torch.get_num_threads()} threads",
+    }
+
+
+def distill_decoder(cfg: DecoderDistillConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train a tiny decoder into `out`; returns `out/decoder.safetensors` (EMA weights) and writes eval.json."""
+    out = Path(out)
+    loop = cfg.loop()
+    check_resumable(out, loop, to_dict(cfg), resume)
+    out.mkdir(parents=True, exist_ok=True)
+    source = resolve_checkpoint(cfg.teacher)
+    _, spec = load_model(source)
+    channels, factor = _latent_layout(spec)
+    codec = load_codec(spec)
+    atomic_write_text(out / "config.yaml", f"# fewstep {__version__} distill-decoder, resolved config\n" + to_yaml(cfg))
+    latents = _cached_latents(cfg, codec, decoded_size(spec), out)
+    torch.manual_seed(cfg.seed)
+    model = TinyDecoder(channels, factor, cfg.channels, cfg.blocks)
+    extra = {"source": str(source), "source_sha256": model_sha256(source), "training": to_dict(cfg)}
+    shown = latents[:8]
+
+    def batch_fn(step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        return latents[torch.randint(len(latents), (cfg.batch_size,), generator=g)].float()
+
+    def save(where: Path, ema: nn.Module, step: int) -> None:
+        save_tiny_decoder(where / "decoder.safetensors", ema, spec, codec, {**extra, "step": step})
+
+    def sample(ema: nn.Module, step: int, where: Path) -> None:  # top row: VAE decoder, bottom row: tiny decoder
+        with torch.no_grad():
+            rows = torch.cat([codec.decode(shown.float()), ema.cpu()(shown.float())])
+        save_png(make_grid(to_uint8(rows.numpy()), nrow=len(shown)), where / f"step_{step:07d}.png")
+
+    ema = TrainingLoop(model, DecoderLoss(codec), batch_fn, loop, out, save, sample, run_config=to_dict(cfg)).run(
+        resume=resume, progress=progress
+    )
+    plot_training_curve(out)
+    result = evaluate_tiny_decoder(ema.cpu().eval(), codec.cpu(), spec, cfg)
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
+    return out / "decoder.safetensors"
