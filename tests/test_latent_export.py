@@ -13,17 +13,19 @@ from fewstep.export.to_onnx import export_fp32
 from fewstep.models.diffusers_dir import load_codec
 from fewstep.models.loading import load_model
 from fewstep.models.text_encoders import load_text_encoder
-from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd3_pipeline, tiny_sd_pipeline
+from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 from tests.distill_fixtures import distill_tiny
 
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module", params=["sd-eps", "sd-v", "sd3"])
+@pytest.fixture(scope="module", params=["sd-eps", "sd-v", "sdxl", "sd3"])
 def pipeline(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     if request.param == "sd3":
         return tiny_sd3_pipeline(root / "p")
+    if request.param == "sdxl":
+        return tiny_sdxl_pipeline(root / "p")
     return tiny_sd_pipeline(root / "p", "epsilon" if request.param == "sd-eps" else "v_prediction")
 
 
@@ -33,7 +35,9 @@ def test_latent_denoiser_onnx_matches_torch(pipeline, tmp_path):
     denoiser = denoiser_from_spec(model, spec, load_text_encoder(spec["text_encoder"]))
     names = denoiser.input_names
     assert names[:4] == ["x", "t", "text", "text_mask"]
-    assert ("pooled" in names) == (spec["kind"] == "transformer-flow")
+    sdxl = spec.get("unet", {}).get("addition_embed_type") == "text_time"
+    assert ("pooled" in names) == (spec["kind"] == "transformer-flow" or sdxl)
+    assert ("extra_ids" in names) == sdxl  # SDXL's size/crop ids
     path = export_fp32(denoiser, tmp_path / "denoiser.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
@@ -117,3 +121,22 @@ def test_prompt_graph_equals_encode_prompt(pipeline, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {n: x.numpy() for n, x in zip(graph.input_names, ids, strict=True)})
     np.testing.assert_allclose(got[0], ref.text.numpy(), atol=1e-5)
+
+
+def test_sdxl_teacher_bundle_cfg_uses_zeros_for_the_empty_prompt(tmp_path):
+    """SDXL forces zeros for the unconditional branch and adds constant size/crop ids: the runtime's CFG
+    teacher bundle must do both to match the torch teacher."""
+    from fewstep.export.bundle import BundleExport
+    from fewstep.export.config import ExportConfig
+    from fewstep.models.pipeline import TorchPipeline
+    from fewstep.runtime import Generator
+
+    pipe = tiny_sdxl_pipeline(tmp_path / "sdxl")
+    cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=2, calibration_prompts=2)
+    manifest = BundleExport(str(pipe), tmp_path / "bundle", cfg, log=lambda m: None).run()
+    te = manifest["text_encoder"]
+    assert te["null_is_zeros"] is True and te["extra_ids"] == [IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE]
+    prompts, seeds = ["a red circle", "a blue square"], [1, 2]
+    ref = TorchPipeline.from_checkpoint(pipe).generate(prompts, seeds, steps=3, guidance=5.0)
+    got = Generator.from_bundle(tmp_path / "bundle").generate(prompts, seeds, steps=3, guidance=5.0)
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1

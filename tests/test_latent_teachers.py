@@ -15,7 +15,7 @@ from fewstep.models.pipeline import TorchPipeline
 from fewstep.models.samplers import euler, seeded_noise
 from fewstep.models.text_encoders import PromptTooLongError, load_text_encoder
 from fewstep.models.vp_adapter import flow_time_of
-from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd3_pipeline, tiny_sd_pipeline
+from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 from tests.distill_fixtures import distill_tiny
 
 PROMPT = "a red circle left of a small blue square"
@@ -28,17 +28,19 @@ def pipelines(tmp_path_factory):
         "epsilon": tiny_sd_pipeline(root / "sd-eps", "epsilon"),
         "v_prediction": tiny_sd_pipeline(root / "sd-v", "v_prediction", seed=1),
         "sd3": tiny_sd3_pipeline(root / "sd3"),
+        "sdxl": tiny_sdxl_pipeline(root / "sdxl"),
     }
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sdxl"])
 def test_sd_pipeline_teacher_equals_diffusers_ddim(pipelines, prediction_type):
-    """Euler in flow time on the loaded eps/v UNet == diffusers' own StableDiffusionPipeline (DDIM, CFG)."""
+    """Euler in flow time on the loaded eps/v UNet == diffusers' own StableDiffusionPipeline (DDIM, CFG); SDXL: the
+    pooled text and size/crop ids reach the UNet as StableDiffusionXLPipeline passes them."""
     from diffusers import DDIMScheduler
 
     path = pipelines[prediction_type]
     model, spec = load_model(path)
-    assert spec["kind"] == "unet-vp" and spec["vp"]["prediction_type"] == prediction_type
+    assert spec["kind"] == "unet-vp" and spec["vp"]["prediction_type"] == prediction_type.replace("sdxl", "epsilon")
     assert spec["image"]["channels"] == 4 and spec["latent"]["decoded"]["height"] == IMAGE_SIZE
     encoder = load_text_encoder(spec["text_encoder"])
     pipe = load_pipeline(path)

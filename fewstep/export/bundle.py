@@ -280,7 +280,7 @@ class BundleExport:
         files = [(old.get("file", ""), old.get("sha256", ""))]
         files += [(t["file"], t["sha256"]) for t in old.get("tokenizers", [])]
         if "tokenizers" in old and (kept := self._reusable("text_encoder", files)):
-            return kept
+            return {**kept, **self._prompt_constants()}
         te = self.spec["text_encoder"]
         graph = PipelinePromptGraph(load_pipeline(te["path"]), int(te.get("t5_tokens", 256)))
         tmp = self.root / ".text_encoder.onnx.tmp"
@@ -297,7 +297,16 @@ class BundleExport:
         return {"kind": te["kind"], "file": "text_encoder.onnx", "sha256": sha256_of(self.root / "text_encoder.onnx"),
                 "tokenizer": tokenizers[0]["file"], "tokenizer_sha256": tokenizers[0]["sha256"],
                 "tokenizers": tokenizers, "max_tokens": tokenizers[0]["max_tokens"], "dim": int(enc.text.shape[2]),
-                "outputs": graph.output_names}  # fmt: skip
+                "outputs": graph.output_names, **self._prompt_constants()}  # fmt: skip
+
+    def _prompt_constants(self) -> dict:
+        """What the pipeline adds to every prompt's encoding without a graph: SDXL's size/crop ids (one constant
+        row) and whether its unconditional branch is zeros (`force_zeros_for_empty_prompt`) instead of ""."""
+        enc, null = self.pipe.encoder.encode([""]), self.pipe.encoder.null(1)
+        out = {"null_is_zeros": bool(null.text.abs().max() == 0 and enc.text.abs().max() > 0)}
+        if enc.extra_ids is not None:
+            out["extra_ids"] = [float(v) for v in enc.extra_ids[0]]
+        return out
 
     def _text_encoder(self) -> dict:
         enc = self.pipe.encoder

@@ -113,7 +113,7 @@ class Generator:
         if negative:
             return self.text.encode([negative] * batch)
         if self._null is None:
-            self._null = self.text.encode([""])
+            self._null = self.text.null()
         return {k: np.repeat(v, batch, axis=0) for k, v in self._null.items()}
 
     def validate(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,

@@ -13,7 +13,7 @@ class PromptTooLongError(ValueError):
 
 
 class RuntimeTextEncoder:
-    """`encode(prompts) -> {"text": (B, L, D) float32, "text_mask": (B, L) float32[, "pooled": (B, P)]}`, as the
+    """`encode(prompts) -> {"text": (B, L, D), "text_mask": (B, L)[, "pooled": (B, P)][, "extra_ids": (B, 6)]}`, as the
     torch encoder. A pipeline's prompt graph (spec `tokenizers`) takes one padded id row per tokenizer."""
 
     def __init__(self, onnx_path: Path, tokenizer_path: Path | list[Path], spec: dict, threads: int | None = None,
@@ -88,7 +88,18 @@ class RuntimeTextEncoder:
             pooled = outs[self.output_names.index("pooled")].astype(np.float32)
             for i, row in enumerate(rows):
                 row["pooled"] = pooled[i]
+        if "extra_ids" in self.spec:  # SDXL: the same size/crop ids for every prompt
+            for row in rows:
+                row["extra_ids"] = np.asarray(self.spec["extra_ids"], np.float32)
         return rows
+
+    def null(self) -> dict[str, np.ndarray]:
+        """The unconditional branch of CFG for one image: the empty prompt, or zeros where the pipeline forces them
+        (SDXL's force_zeros_for_empty_prompt; the mask and size/crop ids stay)."""
+        cond = self.encode([""])
+        if self.spec.get("null_is_zeros"):
+            cond = {k: v if k in ("text_mask", "extra_ids") else np.zeros_like(v) for k, v in cond.items()}
+        return cond
 
     def encode(self, prompts: list[str]) -> dict[str, np.ndarray]:
         for p in prompts:

@@ -134,6 +134,46 @@ def tiny_sd_pipeline(out: str | Path, prediction_type: str = "epsilon", seed: in
     return Path(out)
 
 
+def tiny_sdxl_pipeline(out: str | Path, seed: int = 0) -> Path:
+    """An SDXL-style pipeline (UNet with pooled text + size/crop time ids, two CLIP encoders, DDIM, VAE) in `out`."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    time_dim, pooled = 8, 32
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=64,  # the two CLIPs' penultimate states side by side (32 + 32)
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + pooled,  # 6 size/crop ids + the pooled text
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    tok = _clip_tokenizer(Path(out) / ".tok")
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(0.13025),  # SDXL's VAE factor
+        text_encoder=CLIPTextModel(_clip_config(len(tok))),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(len(tok), projection=pooled)),
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    _rm_tree(Path(out) / ".tok")
+    return Path(out)
+
+
 def tiny_sd3_pipeline(out: str | Path, seed: int = 0, shift: float = 3.0) -> Path:
     """An SD3-style flow-matching pipeline (SD3Transformer2DModel, two CLIP encoders, no T5, VAE) in `out`."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
