@@ -91,9 +91,17 @@ def _vae(scaling_factor: float = 0.18215, shift_factor: float | None = None):
     )
 
 
+def _ddim(prediction_type: str):
+    """SD's DDIM scheduler config (clip_sample off: the flow-time parity tests need the raw update)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)  # fmt: skip
+
+
 def tiny_sd_pipeline(out: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """An SD 1.x/2.x-style pipeline (UNet eps- or v-prediction, DDIM scheduler, CLIP, VAE) in `out`."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
@@ -109,15 +117,7 @@ def tiny_sd_pipeline(out: str | Path, prediction_type: str = "epsilon", seed: in
         cross_attention_dim=32,
         attention_head_dim=4,
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    scheduler = _ddim(prediction_type)
     tok = _clip_tokenizer(Path(out) / ".tok")
     pipe = StableDiffusionPipeline(
         vae=_vae(),
@@ -136,7 +136,7 @@ def tiny_sd_pipeline(out: str | Path, prediction_type: str = "epsilon", seed: in
 
 def tiny_sdxl_pipeline(out: str | Path, seed: int = 0) -> Path:
     """An SDXL-style pipeline (UNet with pooled text + size/crop time ids, two CLIP encoders, DDIM, VAE) in `out`."""
-    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -157,8 +157,7 @@ def tiny_sdxl_pipeline(out: str | Path, seed: int = 0) -> Path:
         addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=6 * time_dim + pooled,  # 6 size/crop ids + the pooled text
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    scheduler = _ddim("epsilon")
     tok = _clip_tokenizer(Path(out) / ".tok")
     pipe = StableDiffusionXLPipeline(
         vae=_vae(0.13025),  # SDXL's VAE factor
