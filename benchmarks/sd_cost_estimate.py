@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' tiny teacher
 OUT = Path(__file__).resolve().parent / "results"
 GPU = {"name": "A100-80GB", "peak_bf16_tflops": 312.0, "mfu": 0.40, "memory_gib": 80}
+RATE = GPU["peak_bf16_tflops"] * GPU["mfu"] * 1e12  # sustained FLOP/s assumed
 BATCH, STEPS = 32, 1000  # the unit of the estimate: 1,000 optimizer steps at global batch 32
 
 # (method, DistillConfig overrides for a one-step run on the tiny teacher)
@@ -136,12 +137,12 @@ def network_costs() -> dict[str, dict]:
 
         net.train()
         with FlopCounterMode(display=False) as fc, torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            net(*args) if "transformer" not in name else net(args[0], args[1], args[2], args[3])
+            net(*args)
         full = sum(saved)
         net.enable_gradient_checkpointing()
         saved.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            net(*args) if "transformer" not in name else net(args[0], args[1], args[2], args[3])
+            net(*args)
         rows[name] = {
             "params": sum(p.numel() for p in net.parameters()),
             "fwd_tflop": fc.get_total_flops() / 1e12,
@@ -153,7 +154,6 @@ def network_costs() -> dict[str, dict]:
 
 def estimate(evals: dict, nets: dict) -> list[dict]:
     """GPU hours per 1,000 steps at batch 32 and memory at batch 32, full fine-tuning and LoRA."""
-    rate = GPU["peak_bf16_tflops"] * GPU["mfu"] * 1e12
     rows = []
     for net, c in nets.items():
         p = c["params"]
@@ -172,7 +172,7 @@ def estimate(evals: dict, nets: dict) -> list[dict]:
                         "network": net,
                         "method": method,
                         "mode": mode,
-                        "gpu_hours_per_1k_steps": flop / rate / 3600,
+                        "gpu_hours_per_1k_steps": flop / RATE / 3600,
                         "weights_gib": weights / 2**30,
                         "memory_gib_batch32": (weights + act) / 2**30,
                         "memory_gib_batch32_checkpointed": (weights + act_ckpt) / 2**30,
@@ -186,7 +186,6 @@ def main() -> None:
     evals = count_evaluations()
     nets = network_costs()
     rows = estimate(evals, nets)
-    rate = GPU["peak_bf16_tflops"] * GPU["mfu"] * 1e12
     result = {
         "label": "ESTIMATE (see the module docstring: counted evaluations x meta-device FLOPs / assumed GPU)",
         "gpu": GPU,
@@ -231,7 +230,7 @@ def main() -> None:
         "Pair-based methods (reflow, slimflow, instaflow, dmd) first need teacher trajectory pairs (`fewstep pairs`): "
         "at Heun 16 steps with CFG (62 forwards per pair), 10,000 pairs cost "
         + ", ".join(
-            f"{n.split(' (')[0]} {c['fwd_tflop'] * 1e12 * 62 * 1e4 / rate / 3600:.1f} h" for n, c in nets.items()
+            f"{n.split(' (')[0]} {c['fwd_tflop'] * 1e12 * 62 * 1e4 / RATE / 3600:.1f} h" for n, c in nets.items()
         )
         + " (same assumptions).",
         "",

@@ -115,3 +115,8 @@ def test_tiny_decoder_bad_inputs_are_named(trained, tmp_path):
         load_tiny_decoder(student)
     with pytest.raises(ValueError, match="works in pixel space"):
         distill_decoder(_cfg("shapes32-teacher"), tmp_path / "pixel", progress=False)
+    from fewstep.compress.tiny_decoder import check_decoder_fits
+    from fewstep.models.loading import model_spec
+
+    with pytest.raises(ValueError, match="works in pixel space"):  # --tiny-decoder on a pixel-space student
+        check_decoder_fits(load_tiny_decoder(path)[1], model_spec("shapes32-teacher"), None)

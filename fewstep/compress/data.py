@@ -21,6 +21,13 @@ from ..models.text_encoders import TextEncoder
 OPTIONAL = ("pooled", "extra_ids", "latents")  # pooled text / SDXL ids per caption; VAE latents per image
 
 
+def encode_latents(codec, images: np.ndarray, desc: str = "encode images (VAE)") -> torch.Tensor:
+    """uint8 (N, H, W, C) images -> the denoiser's latents (N, c, h, w), 32 at a time through the VAE encoder."""
+    chunks = [codec.encode(torch.from_numpy(to_model_range(images[i : i + 32])))
+              for i in tqdm(range(0, len(images), 32), desc=desc, mininterval=2, leave=False)]  # fmt: skip
+    return torch.cat(chunks)
+
+
 class EncodedDataset:
     """All images (uint8; latents too for latent teachers) and the embeddings of all distinct captions."""
 
@@ -73,9 +80,7 @@ class EncodedDataset:
         images = np.stack(images)
         latents = None
         if codec is not None:
-            latents = torch.cat([codec.encode(torch.from_numpy(to_model_range(images[i : i + 32])))
-                                 for i in tqdm(range(0, len(images), 32), desc="encode images (VAE)", mininterval=2,
-                                               leave=False)]).half()  # fmt: skip
+            latents = encode_latents(codec, images).half()
         enc = cls(images, np.array([where[c] for c in captions], dtype=np.int64), c.text.half(),
                   c.text_mask.to(torch.uint8), distinct, None if c.pooled is None else c.pooled.half(),
                   c.extra_ids, latents)  # fmt: skip

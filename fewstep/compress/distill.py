@@ -8,7 +8,7 @@ read a pair cache (`fewstep pairs`); the others query the teacher online on data
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +37,7 @@ from .methods.reflow import ReflowLoss
 from .methods.slimflow import AnnealingReflowLoss, FlowGuidedLoss
 from .pairs import PairCache
 from .students import INITS, build_student, init_student, same_architecture, student_architecture
-from .trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
+from .trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
 
 METHODS = ("reflow", "slimflow", "instaflow", "guidance", "consistency", "progressive", "dmd")
 PAIR_METHODS = ("reflow", "slimflow", "instaflow", "dmd")
@@ -127,8 +127,7 @@ class DistillConfig:
                 )
 
     def loop(self, **changes) -> LoopConfig:
-        names = {f.name for f in fields(LoopConfig)}
-        return LoopConfig(**{**{k: v for k, v in to_dict(self).items() if k in names}, **changes})
+        return loop_config(self, **changes)
 
 
 def _auto_init(cfg: DistillConfig, same_arch: bool) -> str:

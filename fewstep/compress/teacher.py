@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from ..models.text_encoders import TextEncoder, clip_from_dir, minilm
 from ..models.unet_flow import build_unet_flow
 from .data import EncodedDataset
 from .flow_matching import FlowMatchingLoss
-from .trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
+from .trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
 
 SAMPLE_PROMPT_SEED = 12345  # held-out captions for the sample grids
 
@@ -51,8 +51,7 @@ class TeacherConfig:
     sample_steps: int = 25  # Euler steps of the sample grids
 
     def loop(self) -> LoopConfig:
-        names = {f.name for f in fields(LoopConfig)}
-        return LoopConfig(**{k: v for k, v in to_dict(self).items() if k in names})
+        return loop_config(self)
 
 
 def make_text_encoder(name: str, max_tokens: int) -> TextEncoder:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,15 @@ from torch import nn
 
 from .. import __version__
 from ..config import to_dict, to_yaml
+from ..export.gates import psnr
 from ..fsio import atomic_write_text
 from ..imaging import make_grid, save_png, to_uint8
 from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
 from ..models.datasets import make_dataset, to_model_range
 from ..models.diffusers_dir import LatentCodec, decoded_size, load_codec
-from ..models.loading import load_model, model_sha256, resolve_checkpoint
-from .trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
+from ..models.loading import model_sha256, model_spec, resolve_checkpoint
+from .data import encode_latents
+from .trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
 
 DECODER_FORMAT = "fewstep-tiny-decoder/1"
 
@@ -61,8 +63,7 @@ class DecoderDistillConfig:
             raise ValueError(f"channels and blocks must be >= 1; got {self.channels}, {self.blocks}")
 
     def loop(self) -> LoopConfig:
-        names = {f.name for f in fields(LoopConfig)}
-        return LoopConfig(**{k: v for k, v in to_dict(self).items() if k in names})
+        return loop_config(self)
 
 
 class TinyDecoder(nn.Module):
@@ -116,6 +117,7 @@ def load_tiny_decoder(path: str | Path) -> tuple[TinyDecoder, dict]:
 
 def check_decoder_fits(decoder_spec: dict, model_spec: dict, codec: LatentCodec | None) -> None:
     """A tiny decoder decodes only the latents of the VAE it was distilled from."""
+    _latent_layout(model_spec)  # a pixel-space model has nothing to decode
     if codec is None or decoder_spec["vae_fingerprint"] != codec.fingerprint:
         raise ValueError("this tiny decoder was distilled from another VAE than the model's; distil one from this "
                          "model's pipeline: fewstep distill-decoder --teacher PIPELINE_DIR")  # fmt: skip
@@ -125,12 +127,8 @@ def check_decoder_fits(decoder_spec: dict, model_spec: dict, codec: LatentCodec 
 
 
 def _encode(codec: LatentCodec, ds, desc: str) -> tuple[torch.Tensor, np.ndarray]:
-    from tqdm import tqdm
-
     images = np.stack([ds.item(i)[0] for i in range(len(ds))])
-    latents = [codec.encode(torch.from_numpy(to_model_range(images[i : i + 32])))
-               for i in tqdm(range(0, len(images), 32), desc=desc, mininterval=2, leave=False)]  # fmt: skip
-    return torch.cat(latents), images
+    return encode_latents(codec, images, desc), images
 
 
 def _cached_latents(cfg: DecoderDistillConfig, codec: LatentCodec, size: int, out: Path) -> torch.Tensor:
@@ -167,12 +165,6 @@ class DecoderLoss:
         return loss, {"loss": float(loss.detach()), "mse": float(diff.detach().square().mean())}
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = float((a - b).square().mean())
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
-
-
 def _ms_per_image(fn, latents: torch.Tensor, repeats: int = 3) -> float:
     with torch.no_grad():
         fn(latents[:2])  # warm-up
@@ -195,9 +187,9 @@ def evaluate_tiny_decoder(model: TinyDecoder, codec: LatentCodec, spec: dict, cf
     batch = latents[:16]
     return {
         "images": len(latents),
-        "psnr_tiny_vs_vae_db": round(_psnr(tiny, vae), 2),
-        "psnr_vae_vs_real_db": round(_psnr(vae, real), 2),
-        "psnr_tiny_vs_real_db": round(_psnr(tiny, real), 2),
+        "psnr_tiny_vs_vae_db": round(psnr(tiny.numpy(), vae.numpy()), 2),
+        "psnr_vae_vs_real_db": round(psnr(vae.numpy(), real.numpy()), 2),
+        "psnr_tiny_vs_real_db": round(psnr(tiny.numpy(), real.numpy()), 2),
         "params_tiny": sum(p.numel() for p in model.parameters()),
         "params_vae_decoder": sum(p.numel() for n, p in codec.vae.named_parameters() if not n.startswith("encoder")),
         "ms_per_image_tiny": round(_ms_per_image(model, batch), 3),
@@ -213,7 +205,7 @@ def distill_decoder(cfg: DecoderDistillConfig, out: str | Path, resume: bool = F
     check_resumable(out, loop, to_dict(cfg), resume)
     out.mkdir(parents=True, exist_ok=True)
     source = resolve_checkpoint(cfg.teacher)
-    _, spec = load_model(source)
+    spec = model_spec(source)
     channels, factor = _latent_layout(spec)
     codec = load_codec(spec)
     atomic_write_text(out / "config.yaml", f"# fewstep {__version__} distill-decoder, resolved config\n" + to_yaml(cfg))

@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import to_dict
 from ..fsio import atomic_write_text
 from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
 from . import distributed as ddp
@@ -80,6 +81,12 @@ class LoopConfig:
             raise ValueError(
                 f"mixed_precision={self.mixed_precision} needs a GPU (device cuda); on CPUs it is far slower than fp32"
             )
+
+
+def loop_config(run_config, **changes) -> LoopConfig:
+    """The LoopConfig fields of a command's config dataclass (train-teacher, distill, distill-decoder)."""
+    names = {f.name for f in fields(LoopConfig)}
+    return LoopConfig(**{**{k: v for k, v in to_dict(run_config).items() if k in names}, **changes})
 
 
 def config_changes(meta: dict, loop: LoopConfig, run_config: dict) -> dict[str, tuple]:
@@ -171,10 +178,12 @@ class TrainingLoop:
         self.model, self.loss_fn, self.batch_fn, self.config = model, loss_fn, batch_fn, config
         self.out = Path(out_dir)
         self.save_model_fn, self.sample_fn, self.on_step = save_model_fn, sample_fn, on_step
-        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        # frozen weights (a LoRA student's base) are neither averaged nor checkpointed: they never change
+        # frozen weights (a LoRA student's base) never change: the EMA model shares them instead of copying, and
+        # they are neither averaged nor checkpointed
         self.frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        shared = {id(p): p for p in model.parameters() if not p.requires_grad}
+        self.ema = copy.deepcopy(model, memo=shared).eval().requires_grad_(False)
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(config, self.params)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
         self.autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)

@@ -31,7 +31,7 @@ from ..runtime.text import RuntimeTextEncoder
 from .calibration import calibration_prompts, record_sampler_inputs
 from .config import ExportConfig
 from .denoiser import denoiser_from_spec
-from .gates import parity_gate, speed_gate, speed_inputs
+from .gates import parity_gate, psnr, speed_gate, speed_inputs
 from .registry import RUNTIME_BACKEND, Artifact, ExportContext, get_exporter
 from .text_encoder import cached_text_encoder
 
@@ -245,8 +245,9 @@ class BundleExport:
         check_decoder_fits(dspec, self.spec, self.pipe.codec)
         source = Path(self.cfg.tiny_decoder)
         source = source / "decoder.safetensors" if source.is_dir() else source
+        source_sha = sha256_of(source)
         old = (self.old.get("decoders") or {}).get("tiny") or {}
-        if old.get("source_sha256") == sha256_of(source):
+        if old.get("source_sha256") == source_sha:
             if kept := self._reusable("decoders", [(old.get("file", ""), old.get("sha256", ""))]):
                 self.log("tiny image decoder: unchanged, kept")
                 return kept["tiny"]
@@ -260,10 +261,9 @@ class BundleExport:
         self.reference()
         session = load_engine("onnxruntime", path, decoder.io_json())
         got = session.run({"latents": self._reference_latents.numpy()})["image"]
-        mse = float(np.mean((got - self._reference) ** 2))
         entry = {"file": path.name, "sha256": sha256_of(path), "backend": "onnxruntime", "precision": "fp32",
-                 "size_bytes": size_of(path), "source": str(source), "source_sha256": sha256_of(source),
-                 "params": dspec["params"], "psnr_vs_vae_db": round(10 * np.log10(4.0 / max(mse, 1e-20)), 2),
+                 "size_bytes": size_of(path), "source": str(source), "source_sha256": source_sha,
+                 "params": dspec["params"], "psnr_vs_vae_db": round(psnr(got, self._reference), 2),
                  **decoder.io_json()}  # fmt: skip
         self.log(f"tiny image decoder: written ({entry['size_bytes'] / 1e6:.2f} MB, "
                  f"{entry['psnr_vs_vae_db']} dB vs the VAE decoder)")  # fmt: skip

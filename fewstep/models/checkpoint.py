@@ -31,8 +31,17 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict)
     atomic_write(path, lambda p: save_file(flat, str(p), metadata={"fewstep": json.dumps(meta)}))
 
 
+def read_meta(path: str | Path) -> dict:
+    """The fewstep metadata of a checkpoint without reading its tensors (same errors as `load_tensors`)."""
+    return _read(path, with_tensors=False)[1]
+
+
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a safetensors file written by `save_tensors`; clear errors for missing, truncated or foreign files."""
+    return _read(path, with_tensors=True)
+
+
+def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -41,7 +50,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta_raw = (f.metadata() or {}).get("fewstep")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except (SafetensorError, OSError, ValueError) as e:
         hint = " (it looks like a pickle: use torch.load-compatible import, see `load_foreign_state_dict`)"
         raise CheckpointError(
@@ -51,10 +60,9 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if meta_raw is None:
         raise CheckpointError(f"checkpoint {path} has no fewstep metadata: it was not written by fewstep")
     try:
-        meta = json.loads(meta_raw)
+        return tensors, json.loads(meta_raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata: {e}") from None
-    return tensors, meta
 
 
 def _looks_like_pickle(path: Path) -> bool:

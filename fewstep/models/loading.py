@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_state_strict, load_tensors, save_tensors
-from .diffusers_dir import is_pipeline_dir, pipeline_model, source_sha256
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_state_strict, load_tensors, read_meta, save_tensors
+from .diffusers_dir import is_pipeline_dir, pipeline_model, pipeline_spec, source_sha256
 from .model_kinds import KINDS, build_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -51,6 +51,12 @@ def model_sha256(path: str | Path) -> str:
 
     path = Path(path)
     return source_sha256(path) if is_pipeline_dir(path) else sha256_of(path)
+
+
+def model_spec(name_or_path: str | Path) -> dict:
+    """A model's spec without loading its weights (pipeline directories: from their configs)."""
+    path = resolve_checkpoint(name_or_path)
+    return pipeline_spec(path) if is_pipeline_dir(path) else read_meta(path)
 
 
 def save_model(path: str | Path, model: torch.nn.Module, spec: dict, dtype: torch.dtype = torch.float32) -> None:
@@ -108,6 +114,8 @@ def _load_lora_student(path: Path, spec: dict, adapter: dict[str, torch.Tensor])
         raise CheckpointError(f"{where}, but {base_path} has changed since training (sha256 differs): the adapter "
                               "only fits the exact weights it was trained on")  # fmt: skip
     base, _ = load_model(base_path)
+    # a fresh network, never the base itself: a pipeline base shares the cached pipeline's modules, and fusing
+    # into it would change the teacher for everyone else in this process
     model = build_model(spec)
     extra = lora.get("extra", [])
     result = model.load_state_dict(base.state_dict(), strict=False)
