@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .compress.trainer import TrainingDivergedError
 from .config import ConfigError
+from .fsio import OutputWriteError
 from .models.checkpoint import CheckpointError
 from .models.datasets.imagefolder import ImageFolderError
 from .runtime.engine import BackendUnavailable
@@ -19,5 +20,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TrainingDivergedError,
     NotImplementedError,
     BackendUnavailable,
+    OutputWriteError,  # full disk / permissions while writing an output; the previous file is intact
     ImportError,  # an optional dependency that is missing: our messages name the extra to install
 )

@@ -5,6 +5,7 @@ Temp file in the same directory, fsync, rename: a crash or a full disk leaves th
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -12,31 +13,67 @@ from pathlib import Path
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"  # `.NAME.RANDOM.tmp`: what a kill during a write leaves behind
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+class OutputWriteError(OSError):
+    """An output could not be written (full disk, quota, permissions); the previous file is intact."""
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)` then atomically move tmp_path to `path` (fsync'd, same directory)."""
+    """Call `write(tmp_path)` then atomically move tmp_path to `path` (fsync'd, same directory).
+
+    Raises OutputWriteError (naming the file and what to do) when the write fails; `path` is then unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from e
     tmp_path = Path(tmp)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         write(tmp_path)
-        os.fsync(fd)  # the same inode `write` filled through its own handle
-        os.close(fd)
-        fd = -1
+        # fsync what is at tmp_path NOW: some writers (safetensors) replace the file rather than fill it
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp and safetensors create 0600; outputs get the usual mode
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp_path, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
+            os.fsync(dir_fd)  # the rename itself survives a power loss
         finally:
             os.close(dir_fd)
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        raise _write_error(path, e) from e
     finally:
-        if fd >= 0:
-            os.close(fd)
         tmp_path.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, e: OSError) -> OutputWriteError:
+    why = "the disk is full" if e.errno in _NO_SPACE else (e.strerror or str(e))
+    return OutputWriteError(
+        e.errno, f"could not write {path}: {why}; the previous {path.name} (if any) is intact. "
+        "Free space (or fix the permissions) and run the same command again (training runs: add --resume)"
+    )
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def remove_stale_temps(directory: str | Path) -> int:
+    """Delete the temp files that killed writes left in `directory` (call only where one process writes)."""
+    n = 0
+    for p in Path(directory).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n

@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+from ..fsio import atomic_write_text
+
 HELP = "measure a bundle's latency per batch size and stage, cold start, memory, edge profiles; vs torch and teacher"
 EPILOG = """examples:
   fewstep bench bundles/prog4                                  # best engine that loads here, batch 1,4,8
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             row["runtime_speedup"] = round(row["p50_ms"] / b1["p50_ms"], 2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(table(result))
     return 0
 

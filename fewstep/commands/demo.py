@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ..fsio import atomic_write_text
+
 HELP = "run the whole chain on the built-in default: distill, export, bench and a latency-vs-FID report"
 EPILOG = """stages (each reused when it finished before, so the demo is safe to re-run or to resume after a kill):
   1. distill   a SHORT guidance distillation of the shipped shapes teacher (a few hundred steps, a few minutes
@@ -63,8 +65,6 @@ class Stages:
         return marker.is_file() and json.loads(marker.read_text()) == key
 
     def mark(self, name: str, key: dict) -> None:
-        from ..fsio import atomic_write_text
-
         atomic_write_text(self.out / f".done-{name}.json", json.dumps(key))
 
     def run(self, index: int, name: str, what: str, key: dict, fn) -> None:
@@ -125,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
                {"args": bench_args}, lambda: _ok(cli(bench_args), "bench"))  # fmt: skip
 
     sweep_path = out / "sweep.yaml"
-    sweep_path.write_text(yaml.safe_dump(demo_sweep(student_dir / "model.safetensors", bundle, args.n, args.threads),
-                                         sort_keys=False))  # fmt: skip
+    sweep = demo_sweep(student_dir / "model.safetensors", bundle, args.n, args.threads)
+    atomic_write_text(sweep_path, yaml.safe_dump(sweep, sort_keys=False))
     print(f"\n[4/4] report: every system on the same {args.n} prompts and seeds (sweep: {sweep_path})", flush=True)
     t0 = time.perf_counter()
     command = f"fewstep report {sweep_path} --out {report}"
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     stages.times["report"] = round(time.perf_counter() - t0, 1)
     summary = {"stages_seconds": stages.times, "total_seconds": round(time.perf_counter() - t_start, 1),
                "report": str(report / "report.md")}  # fmt: skip
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "demo.json", json.dumps(summary, indent=2) + "\n")
     print(closing_lines(result, report, summary["total_seconds"]))
     return 0
 

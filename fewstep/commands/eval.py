@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..fsio import atomic_write_text
+
 HELP = "measure domain FID, KID and prompt adherence of a model at several step counts"
 EPILOG = """examples:
   fewstep eval shapes32-teacher --out runs/eval-teacher                  # 50-step CFG and 1/2/4-step baselines
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.dataset, args.n, settings, args.judge, args.inception_weights, args.out)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
     print(format_table(result))
     print(f"wrote {out / 'eval.json'} and sample grids in {out}")
     return 0

@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__
 from ..config import to_dict, to_yaml
-from ..fsio import atomic_write_text
+from ..fsio import atomic_write, atomic_write_text
 from ..imaging import captioned_grid, save_png, to_uint8
 from ..models.checkpoint import CheckpointError
 from ..models.datasets import make_dataset
@@ -302,7 +302,7 @@ def distill(cfg: DistillConfig, out: str | Path, resume: bool = False, progress:
         atomic_write_text(out / "config.yaml", head + to_yaml(cfg))
     final = _RUNNERS[cfg.method](d, cfg, out, resume, progress)
     if ddp.is_main() and final != out / "model.safetensors":
-        shutil.copyfile(final, out / "model.safetensors")
+        atomic_write(out / "model.safetensors", lambda tmp: shutil.copyfile(final, tmp))
     ddp.barrier()
     return out / "model.safetensors"
 

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import to_dict
-from ..fsio import atomic_write_text
+from ..fsio import atomic_write_text, remove_stale_temps
 from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
 from ..models.contract import Cond
 from ..models.datasets import make_dataset
@@ -84,6 +84,8 @@ def build_pairs(
     dataset = make_dataset(cfg.dataset, decoded_size(spec), cfg.data_seed, cfg.n, cfg.data_path)
     key = cache_key(cfg, model_sha256(teacher_path), dataset.fingerprint())
     out.mkdir(parents=True, exist_ok=True)
+    if world == 1:  # ranks write shards side by side: only a lone writer may clear temp files
+        remove_stale_temps(out)
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         saved = json.loads(manifest_path.read_text())["key"]

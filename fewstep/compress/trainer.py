@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import to_dict
-from ..fsio import atomic_write_text
+from ..fsio import atomic_write, atomic_write_text, remove_stale_temps
 from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
 from . import distributed as ddp
 from .distributed import StepRandom
@@ -310,6 +310,8 @@ class TrainingLoop:
         """Train to `config.steps`; returns the EMA model. `resume` continues from `out/state.safetensors`."""
         cfg = self.config
         self.out.mkdir(parents=True, exist_ok=True)
+        if ddp.is_main():
+            remove_stale_temps(self.out)  # what a kill -9 during a checkpoint write left behind
         if (self.out / STATE_FILE).exists():
             if not resume:
                 raise FileExistsError(
@@ -342,10 +344,12 @@ class TrainingLoop:
                 bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", refresh=False)
             if window and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                 avg = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                self._pending.append(
-                    {"step": self.step, "lr": self._lr(step), "elapsed_s": round(time.time() - started, 2), **avg}
-                )
+                row = {"step": self.step, "lr": self._lr(step), "elapsed_s": round(time.time() - started, 2), **avg}
+                self._pending.append(row)
                 window = []
+                if not progress and ddp.is_main():  # no bar (logs, CI, clusters): one line per log interval
+                    print(f"step {self.step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                                      if k != "step"), flush=True)  # fmt: skip
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
                 saved_step = self.step
@@ -399,6 +403,6 @@ def plot_training_curve(out_dir: str | Path, key: str = "loss") -> Path | None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(out_dir) / "training_curve.png"
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return path

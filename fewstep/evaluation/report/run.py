@@ -8,6 +8,7 @@ the sweep goes on.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import traceback
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...fsio import atomic_write_text
+from ...fsio import atomic_write, atomic_write_text, remove_stale_temps
 from ...runtime.bench import machine
 from ...runtime.bundle import read_manifest, sha256_of
 from ...runtime.engine import BackendUnavailable
@@ -119,7 +120,7 @@ def measure_unit(cfg: SweepConfig, unit: Unit, key: str, ref: QualityReference, 
     grid = images[: cfg.grid_prompts]
     samples = out / "samples"
     samples.mkdir(parents=True, exist_ok=True)
-    np.save(samples / f"{unit.id}.npy", grid)
+    atomic_write(samples / f"{unit.id}.npy", lambda tmp: tmp.write_bytes(_npy_bytes(grid)))
     if bar is not None:
         bar.set_postfix_str(f"{unit.id}: batch-1 latency")
     latency = batch1_latency(loaded, prompts, cfg.latency.runs, cfg.latency.warmup)
@@ -166,6 +167,7 @@ def run_report(cfg: SweepConfig, out: str | Path, rerun: bool = False, progress:
     """Measure every system of the sweep (reusing earlier measurements) and write every report file into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     path = out / "results.json"
     previous = _previous(path)
     bundles = Bundles(cfg, log)
@@ -238,3 +240,9 @@ def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()  # np.save on a path appends ".npy" to a temp name
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
