@@ -8,7 +8,9 @@ temp file in the same directory, fsync, rename; a crash or a full disk leaves th
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -25,10 +27,21 @@ class CheckpointError(ValueError):
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Atomically write tensors + a JSON-serialisable `meta` dict into one safetensors file."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda p: save_file(flat, str(p), metadata={"fewstep": json.dumps(meta)}))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(flat, str(tmp), metadata={"fewstep": json.dumps(meta)})
+        except SafetensorError as e:  # its I/O errors (a full disk) become OSErrors that atomic_write names
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from e
+
+    atomic_write(path, write)
 
 
 def read_meta(path: str | Path) -> dict:
