@@ -44,8 +44,7 @@ the built-in chain, in order:
 
 
 class _ClearErrors(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own message, plus where to look
-        self.print_usage(sys.stderr)
+    def error(self, message: str) -> None:  # argparse's own message and where to look (no 25-line usage dump)
         self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
 
 

@@ -67,7 +67,7 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{what} {path} must be a mapping of field: value; got {type(loaded).__name__}")
     return loaded or {}

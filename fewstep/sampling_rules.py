@@ -13,6 +13,7 @@ import numpy as np
 MAX_STEPS = 1000
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 10_000  # far beyond any text encoder's token limit; bounds the tokenizer's work
 
 
 def uniform_times(steps: int, shift: float = 1.0) -> np.ndarray:
@@ -66,6 +67,12 @@ def resolve_guidance(sampler: dict, guidance: float | None) -> float:
 def validate_request(prompts: list[str], seeds: list[int], steps: int, guidance: float) -> None:
     if not prompts:
         raise ValueError("give at least one prompt")
+    for i, p in enumerate(prompts, 1):
+        if not isinstance(p, str):
+            raise ValueError(f"prompt {i} is a {type(p).__name__}, not text")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt {i} is {len(p):,} characters; at most {MAX_PROMPT_CHARS:,} (the text encoder "
+                             "reads only its first tokens anyway)")  # fmt: skip
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..fsio import atomic_write_text
+from .run_flags import count
 
 HELP = "measure a bundle's latency per batch size and stage, cold start, memory, edge profiles; vs torch and teacher"
 EPILOG = """examples:
@@ -35,18 +36,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("bundle", help="engine bundle directory (fewstep export)")
     p.add_argument("--engine", help="engine id from the manifest (default: the first that loads here)")
-    p.add_argument("--decoder", choices=("vae", "tiny"), default=None,
-                   help="latent bundles: the image decoder to run (default: the bundle's default_decoder)")
+    p.add_argument(
+        "--decoder",
+        choices=("vae", "tiny"),
+        default=None,
+        help="latent bundles: the image decoder to run (default: the bundle's default_decoder)",
+    )
     p.add_argument("--batch-sizes", type=_ints, default=[1, 4, 8], help="comma-separated (default 1,4,8)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per batch size (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    p.add_argument("--threads", type=int, default=0, help="engine threads (default: the backend's)")
+    p.add_argument("--runs", type=count(1), default=50, help="timed runs per batch size (default 50)")
+    p.add_argument("--warmup", type=count(0), default=5, help="untimed runs first (default 5)")
+    p.add_argument("--threads", type=count(0), default=0, help="engine threads (default: the backend's)")
     p.add_argument("--edge", action="store_true", help="also run the emulated edge profiles")
     p.add_argument("--no-torch", action="store_true", help="skip the torch student comparison")
     p.add_argument("--teacher", default="auto",
                    help="teacher to compare at its default steps and CFG: a checkpoint/shipped name, 'auto' (the "
                         "bundle's teacher when it is a shipped model) or 'none'")  # fmt: skip
-    p.add_argument("--teacher-runs", type=int, default=3, help="timed teacher runs at batch 1 (default 3)")
+    p.add_argument("--teacher-runs", type=count(0), default=3, help="timed teacher runs at batch 1 (default 3)")
     p.add_argument("--coreml-compute-units", choices=("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"),
                    help="CoreML engines on Apple hardware")  # fmt: skip
     p.add_argument("--out", help="write the full result as JSON here")

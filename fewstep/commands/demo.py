@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..fsio import atomic_write_text
+from .run_flags import count
 
 HELP = "run the whole chain on the built-in default: distill, export, bench and a latency-vs-FID report"
 EPILOG = """stages (each reused when it finished before, so the demo is safe to re-run or to resume after a kill):
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     p.add_argument("--distill-steps", type=int, default=200, help="steps of the short distillation (default 200)")
     p.add_argument("--n", type=int, default=128, help="prompts (= images per system) in the report (default 128)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for every stage (default 2)")
+    p.add_argument("--threads", type=count(1), default=2, help="CPU threads for every stage (default 2)")
     p.add_argument("--rerun", action="store_true", help="measure every system of the report again")
     p.set_defaults(run=run)
 
@@ -149,8 +150,10 @@ def closing_lines(result: dict, report: Path, seconds: float) -> str:
     teacher = next((r for r in ok if r["name"] == "teacher" and r["steps"] == 50), None)
     fronts = {m: sorted((r for r in ok if m in r["pareto"]), key=lambda r: r["latency_b1"]["p50_ms"])
               for m in ("fid", "adherence")}  # fmt: skip
-    lines = [f"\ndone in {seconds / 60:.1f} min. {len(ok)} systems on the same prompts and seeds "
-             f"({result.get('reused', 0)} reused from an earlier run)."]
+    lines = [
+        f"\ndone in {seconds / 60:.1f} min. {len(ok)} systems on the same prompts and seeds "
+        f"({result.get('reused', 0)} reused from an earlier run)."
+    ]
     if teacher:
         lines.append(f"  the teacher at 50 steps (CFG): {teacher['latency_b1']['p50_ms']:.0f} ms per image, "
                      f"FID {teacher['fid']:.2f}, adherence {100 * teacher['adherence']:.0f}%")  # fmt: skip

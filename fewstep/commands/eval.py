@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..fsio import atomic_write_text
+from .run_flags import count
 
 HELP = "measure domain FID, KID and prompt adherence of a model at several step counts"
 EPILOG = """examples:
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge", help="judge checkpoint (default: the shipped one for --dataset)")
     p.add_argument("--inception-weights", help="local Inception-v3 weights for FID-Inception")
     p.add_argument("--out", default="runs/eval", help="output directory (default runs/eval)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=count(1), help="torch CPU threads")
     p.set_defaults(run=run)
 
 

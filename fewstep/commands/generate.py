@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .run_flags import count
+
 HELP = "generate a PNG grid from a model for prompts and seeds (same seed -> same image)"
 EPILOG = """examples:
   fewstep generate shapes32-teacher --prompt "a red circle to the left of a blue square" --out grid.png
@@ -31,8 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="checkpoint path, run directory, shipped model name, or an engine bundle directory")
     p.add_argument("--engine", help="for a bundle: the engine id to run (default: the first that loads here)")
-    p.add_argument("--decoder", choices=("vae", "tiny"), default=None,
-                   help="latent bundles: the image decoder to run (default: the bundle's default_decoder)")
+    p.add_argument(
+        "--decoder",
+        choices=("vae", "tiny"),
+        default=None,
+        help="latent bundles: the image decoder to run (default: the bundle's default_decoder)",
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument("--prompts-file", help="UTF-8 text file, one prompt per line")
     p.add_argument(
@@ -43,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=("euler", "heun"), default=None, help="ODE solver (default: the model's own)")
     p.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the grid's tiles (default 4)")
-    p.add_argument("--threads", type=int, help="CPU threads (torch, or the bundle's engine)")
+    p.add_argument("--threads", type=count(1), help="CPU threads (torch, or the bundle's engine)")
     p.set_defaults(run=run)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from .run_flags import count
+
 HELP = "solve the teacher's ODE for many (noise, prompt) pairs, sharded and resumable"
 EPILOG = """examples:
   fewstep pairs --out runs/pairs                                  # 8192 pairs of the shapes teacher, CFG 3, Heun 16
@@ -22,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pairs", help=HELP, description=HELP, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", required=True, help="cache directory (created; resumed when it exists)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=count(1), help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     for f in fields(PairsConfig):
         typ = {"int": int, "float": float}.get(str(f.type), str)

@@ -7,13 +7,29 @@ from dataclasses import fields
 from typing import Any
 
 
+def count(minimum: int = 1, maximum: int | None = None):
+    """An argparse type: an integer in [minimum, maximum] (e.g. --threads), refused with the flag's name otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}; got {value}")
+        return value
+
+    return parse
+
+
 def add_run_flags(p: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = ()) -> None:
     """--out/--config/--resume/--print-config/--threads/--no-progress, then one flag per config field."""
     p.add_argument("--out", help="run directory (created)")
     p.add_argument("--config", help="YAML file with config fields; flags override it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=count(1), help="torch CPU threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     for f in fields(config_cls):
         if f.name in skip:

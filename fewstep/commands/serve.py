@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .run_flags import count
+
 HELP = "serve a bundle over HTTP: /v1/generate, OpenAI-style /v1/images/generations, /metrics, a web page at /"
 EPILOG = """examples:
   fewstep serve bundles/prog4                               # http://127.0.0.1:8000/ (web page), /docs (API)
@@ -23,16 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("bundle", help="engine bundle directory (fewstep export)")
     p.add_argument("--engine", help="engine id from the manifest (default: the first that loads here)")
-    p.add_argument("--decoder", choices=("vae", "tiny"), default=None,
-                   help="latent bundles: the image decoder to run (default: the bundle's default_decoder)")
+    p.add_argument(
+        "--decoder",
+        choices=("vae", "tiny"),
+        default=None,
+        help="latent bundles: the image decoder to run (default: the bundle's default_decoder)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--threads", type=int, default=0, help="engine threads (default: the backend's)")
-    p.add_argument("--max-batch", type=int, default=8, help="images per engine call (default 8)")
+    p.add_argument("--port", type=count(1, 65535), default=8000, help="port (default 8000)")
+    p.add_argument("--threads", type=count(0), default=0, help="engine threads (default: the backend's)")
+    p.add_argument("--max-batch", type=count(1), default=8, help="images per engine call (default 8)")
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="batching window (default 10 ms)")
-    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429 (default 64)")
+    p.add_argument("--max-queue", type=count(1), default=64, help="waiting requests before 429 (default 64)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504 (default 30)")
-    p.add_argument("--max-images", type=int, default=4, help="images per request, n (default 4)")
+    p.add_argument("--max-images", type=count(1), default=4, help="images per request, n (default 4)")
     p.set_defaults(run=run)
 
 

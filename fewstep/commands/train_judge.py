@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .run_flags import count
+
 HELP = "train a judge (shapes attribute classifier or digit classifier) used by `fewstep eval`"
 EPILOG = """The shipped judges were made with:
   fewstep train-judge shapes --out fewstep/weights/shapes32-judge.safetensors
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=20000, help="training images (shapes; digits uses its train split)")
     p.add_argument("--epochs", type=int, default=8, help="passes over the training images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=count(1), help="torch CPU threads")
     p.set_defaults(run=run)
 
 

@@ -39,6 +39,7 @@ STATE_FILE = "state.safetensors"
 RESUMABLE_CHANGES = ("steps", "stage2_steps", "device", "checkpoint_every", "sample_every", "log_every",
                      "max_bad_steps", "name", "sample_guidance", "sample_steps")  # fmt: skip
 METRICS_FILE = "metrics.jsonl"
+MAX_BATCH = 65536
 
 
 class TrainingDivergedError(RuntimeError):
@@ -67,6 +68,8 @@ class LoopConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.batch_size > MAX_BATCH:  # before any allocation: a typo must not ask for terabytes
+            raise ValueError(f"batch_size must be <= {MAX_BATCH} per process; got {self.batch_size}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr must be in (0, 1); got {self.lr}")
         if not 0 <= self.ema_decay < 1:

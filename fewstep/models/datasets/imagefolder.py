@@ -75,8 +75,12 @@ class ImageFolderDataset:
         try:
             with Image.open(path) as img:
                 if img.size[0] * img.size[1] > MAX_PIXELS:
-                    raise ImageFolderError(f"imagefolder: {path} ({where}) is {img.size}, over {MAX_PIXELS} pixels")
+                    raise ImageFolderError(
+                        f"imagefolder: {path} ({where}) is too large: {img.size}, over {MAX_PIXELS} pixels"
+                    )
                 img.verify()
+        except Image.DecompressionBombError as e:
+            raise ImageFolderError(f"imagefolder: {path} ({where}) is too large: {e}") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise ImageFolderError(f"imagefolder: {path} ({where}) is not a readable image: {e}") from None
 
@@ -103,6 +107,6 @@ class ImageFolderDataset:
         try:
             with Image.open(self.files[i]) as img:
                 rgb = _center_square(img.convert("RGB"), self.image_size)
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise ImageFolderError(f"imagefolder: {self.files[i]} could not be decoded: {e}") from None
         return np.asarray(rgb, dtype=np.uint8), self.captions[i], None
