@@ -3,7 +3,9 @@
 Endpoints: POST /v1/generate (PNG or JSON with base64), POST /v1/images/generations (OpenAI-compatible,
 b64_json), GET /healthz, /readyz, /metrics (Prometheus text), / (a one-page web UI). Concurrent requests are
 micro-batched (`batcher.py`); a full queue answers 429 with Retry-After; each request has a timeout (504);
-shutdown stops taking work (503) and drains what was accepted. The server holds no per-client state, so replicas
+a client that disconnects before its images are made costs no engine time (its job is dropped); request bodies
+over 64 KiB are refused (413, FastAPI's max_body_size: chunked bodies too); shutdown stops taking work (503) and
+drains what was accepted. The server holds no per-client state, so replicas
 behind a load balancer scale it out. Needs `pip install 'fewstep[serve]'`; never torch.
 """
 
@@ -16,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 
+from .asgi_metrics import RequestMetrics
 from .batcher import BatchReport, Job, MicroBatcher, QueueFull
 from .bench import png_bytes
 from .generator import Generator
@@ -55,7 +58,19 @@ def _metrics(registry, max_batch: int):
         "wait": Histogram(
             "fewstep_queue_wait_seconds", "time from arrival to the start of its batch", registry=registry
         ),
+        "dropped": Counter(
+            "fewstep_dropped_requests", "requests whose client disconnected before its images", registry=registry
+        ),
     }
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited: nobody will read the answer."""
+
+
+async def _disconnected(request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
 
 
 def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
@@ -87,7 +102,7 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
         state["accepting"] = False  # new requests get 503 while accepted ones finish
         await batcher.drain(timeout=config.timeout_s)
 
-    app = FastAPI(title="fewstep", version="1", lifespan=lifespan,
+    app = FastAPI(title="fewstep", version="1", lifespan=lifespan, max_body_size=MAX_BODY_BYTES,
                   description=f"{gen.manifest['model']['name']} on {gen.engine_entry['id']}")  # fmt: skip
     app.state.batcher, app.state.metrics = batcher, metrics
 
@@ -113,7 +128,23 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
         if size not in (None, f"{w}x{h}"):
             raise HTTPException(400, f"size must be {w}x{h} (this engine's only size); got {size!r}")
 
-    async def run(endpoint: str, prompts: list[str], seeds: list[int], steps, guidance, negative) -> list:
+    async def images_or_gone(request: Request, job: Job):
+        """The job's images; ClientGone (job dropped) if the client leaves first; TimeoutError after timeout_s."""
+        submit = asyncio.ensure_future(batcher.submit(job))
+        watch = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({submit, watch}, timeout=config.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if submit in done:
+            return submit.result()
+        submit.cancel()  # cancels the job's future: the batcher skips it, or discards its images
+        if watch in done:
+            metrics["dropped"].inc()
+            raise ClientGone
+        raise TimeoutError
+
+    async def run(request: Request, prompts: list[str], seeds: list[int], steps, guidance, negative) -> list:
         if not state["accepting"]:
             raise HTTPException(503, "the server is shutting down", headers={"Retry-After": "1"})
         try:
@@ -122,42 +153,37 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
             raise HTTPException(400, str(e)) from None
         job = Job(prompts, seeds, steps, guidance, negative)
         try:
-            images = await asyncio.wait_for(batcher.submit(job), config.timeout_s)
+            images = await images_or_gone(request, job)
         except QueueFull as e:
             raise HTTPException(429, f"{e}; retry shortly", headers={"Retry-After": "1"}) from None
         except TimeoutError:
             raise HTTPException(504, f"no image within {config.timeout_s:g} s; the server is overloaded") from None
+        except ClientGone:
+            raise HTTPException(499, "client closed the request") from None  # nginx's code; nobody reads it
         finally:
             metrics["queue"].set(batcher.depth)
         return [png_bytes(im) for im in images]
 
-    @app.middleware("http")
-    async def count_and_bound(request: Request, call_next):
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path if request.url.path in KNOWN_PATHS else "other"
-        metrics["requests"].labels(path, str(response.status_code)).inc()
-        metrics["latency"].labels(path).observe(time.perf_counter() - t0)
-        return response
+    def observe(path: str, status: int, seconds: float) -> None:
+        metrics["requests"].labels(path, str(status)).inc()
+        metrics["latency"].labels(path).observe(seconds)
 
     @app.post("/v1/generate", responses={200: {"content": {"image/png": {}}}})
-    async def generate(req: GenerateRequest):
+    async def generate(req: GenerateRequest, request: Request):
         check_size(req.size)
         seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(7), "little")
         seeds = [min(seed + i, 2**63 - 1) for i in range(req.n)]
-        pngs = await run("/v1/generate", [req.prompt] * req.n, seeds, req.steps, req.guidance, req.negative_prompt)
+        pngs = await run(request, [req.prompt] * req.n, seeds, req.steps, req.guidance, req.negative_prompt)
         if req.response_format == "png" and req.n == 1:
             return Response(pngs[0], media_type="image/png", headers={"X-Seed": str(seeds[0])})
         return {"images": [base64.b64encode(p).decode() for p in pngs], "seeds": seeds,
                 "engine": gen.engine_entry["id"]}  # fmt: skip
 
     @app.post("/v1/images/generations")
-    async def openai_images(req: OpenAIRequest):
+    async def openai_images(req: OpenAIRequest, request: Request):
         check_size(req.size)
         seeds = [int.from_bytes(os.urandom(7), "little") for _ in range(req.n)]
-        pngs = await run("/v1/images/generations", [req.prompt] * req.n, seeds, None, None, None)
+        pngs = await run(request, [req.prompt] * req.n, seeds, None, None, None)
         return {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(p).decode()} for p in pngs]}
 
     @app.get("/healthz")
@@ -181,5 +207,6 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
         name, engine = html.escape(gen.manifest["model"]["name"]), html.escape(gen.engine_entry["id"])
         return text.replace("{{MODEL}}", f"{name} &middot; {engine} &middot; guidance {gen.guidance_mode}")
 
-    KNOWN_PATHS = {"/v1/generate", "/v1/images/generations", "/healthz", "/readyz", "/metrics", "/"}
+    known = {"/v1/generate", "/v1/images/generations", "/healthz", "/readyz", "/metrics", "/"}
+    app.add_middleware(RequestMetrics, observe=observe, known_paths=known)
     return app
