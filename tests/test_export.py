@@ -345,7 +345,9 @@ def test_bench_cli_reports_latency_stages_cold_start_and_edge_profiles(cfg_bundl
     (student,) = r["torch"]
     assert student["system"].startswith("torch student") and student["runtime_speedup"] > 0
     assert "cold start" in capsys.readouterr().out
-    assert main(["bench", str(root), "--runs", "0"]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it before any work
+        main(["bench", str(root), "--runs", "0"])
+    assert refused.value.code == 2 and "--runs: must be >= 1" in capsys.readouterr().err
 
 
 def test_engine_boundary_rejects_wrong_names_dtypes_and_shapes():
