@@ -99,24 +99,20 @@ def _ddim(prediction_type: str):
                          set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)  # fmt: skip
 
 
+# the latent UNet both SD-style test pipelines share (4 latent channels at 1/4 of the image size)
+_UNET = dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+             layers_per_block=1, norm_num_groups=8)  # fmt: skip
+
+
 def tiny_sd_pipeline(out: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """An SD 1.x/2.x-style pipeline (UNet eps- or v-prediction, DDIM scheduler, CLIP, VAE) in `out`."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        cross_attention_dim=32,
-        attention_head_dim=4,
-    )
+    unet = UNet2DConditionModel(**_UNET, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4)  # fmt: skip
     scheduler = _ddim(prediction_type)
     tok = _clip_tokenizer(Path(out) / ".tok")
     pipe = StableDiffusionPipeline(
@@ -142,14 +138,9 @@ def tiny_sdxl_pipeline(out: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     time_dim, pooled = 8, 32
     unet = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
+        **_UNET,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
         cross_attention_dim=64,  # the two CLIPs' penultimate states side by side (32 + 32)
         attention_head_dim=(2, 4),
         use_linear_projection=True,
