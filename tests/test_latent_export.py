@@ -19,11 +19,11 @@ from tests.distill_fixtures import distill_tiny
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module", params=["sd-eps", "sd-v", "sdxl", "sd3"])
+@pytest.fixture(scope="module", params=["sd-eps", "sd-v", "sdxl", "sd3", "sd3-t5"])
 def pipeline(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
-    if request.param == "sd3":
-        return tiny_sd3_pipeline(root / "p")
+    if request.param.startswith("sd3"):
+        return tiny_sd3_pipeline(root / "p", t5=request.param == "sd3-t5")
     if request.param == "sdxl":
         return tiny_sdxl_pipeline(root / "p")
     return tiny_sd_pipeline(root / "p", "epsilon" if request.param == "sd-eps" else "v_prediction")

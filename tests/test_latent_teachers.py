@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewstep.models.diffusers_dir import PipelineDirError, check_pipeline_dir, load_pipeline
+from fewstep.models.diffusers_dir import T5_TOKENS, PipelineDirError, check_pipeline_dir, load_pipeline
 from fewstep.models.loading import load_model
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.models.samplers import euler, seeded_noise
@@ -28,6 +28,7 @@ def pipelines(tmp_path_factory):
         "epsilon": tiny_sd_pipeline(root / "sd-eps", "epsilon"),
         "v_prediction": tiny_sd_pipeline(root / "sd-v", "v_prediction", seed=1),
         "sd3": tiny_sd3_pipeline(root / "sd3"),
+        "sd3-t5": tiny_sd3_pipeline(root / "sd3-t5", seed=2, t5=True),
         "sdxl": tiny_sdxl_pipeline(root / "sdxl"),
     }
 
@@ -57,13 +58,17 @@ def test_sd_pipeline_teacher_equals_diffusers_ddim(pipelines, prediction_type):
     torch.testing.assert_close(x * (end.sqrt() + (1 - end).sqrt()), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_sd3_pipeline_teacher_equals_diffusers(pipelines):
-    """Same seed, same shifted schedule: the flow transformer teacher's images == StableDiffusion3Pipeline's."""
-    teacher = TorchPipeline.from_checkpoint(pipelines["sd3"])
+@pytest.mark.parametrize("name", ["sd3", "sd3-t5"])
+def test_sd3_pipeline_teacher_equals_diffusers(pipelines, name):
+    """Same seed, same shifted schedule: the flow transformer teacher's images == StableDiffusion3Pipeline's (with
+    T5 as the third text encoder, and without it: zeros in its place)."""
+    teacher = TorchPipeline.from_checkpoint(pipelines[name])
     assert teacher.spec["kind"] == "transformer-flow" and teacher.spec["sampler"]["shift"] == 3.0
+    t5_states = teacher.encoder.encode([PROMPT]).text[:, -T5_TOKENS:]
+    assert (t5_states.abs().max() > 0) == (name == "sd3-t5")  # T5's states, or the zeros SD3 puts there
     ours = teacher.generate([PROMPT], [5], steps=4, guidance=5.0)
     assert ours.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3)
-    pipe = load_pipeline(pipelines["sd3"])
+    pipe = load_pipeline(pipelines[name])
     sigmas = list(np.linspace(1.0, 0.0, 5)[:-1])  # diffusers applies the same shift to them
     ref = pipe(
         PROMPT,

@@ -164,8 +164,34 @@ def tiny_sdxl_pipeline(out: str | Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-def tiny_sd3_pipeline(out: str | Path, seed: int = 0, shift: float = 3.0) -> Path:
-    """An SD3-style flow-matching pipeline (SD3Transformer2DModel, two CLIP encoders, no T5, VAE) in `out`."""
+def _t5_tokenizer():
+    """A T5 tokenizer (SentencePiece-style Unigram with `▁` word marks and a closing `</s>`, T5's ids for pad, eos
+    and unk) whose vocabulary holds each shapes-caption word as one piece; other text falls back to characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
+    pieces += [("▁" + w, -1.0) for w in _words()]
+    pieces += [(c, -10.0) for c in string.ascii_lowercase + string.digits + ".,!?'-"]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=512)  # fmt: skip
+
+
+def _t5_encoder(vocab_size: int, width: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
+                                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))  # fmt: skip
+
+
+def tiny_sd3_pipeline(out: str | Path, seed: int = 0, shift: float = 3.0, t5: bool = False) -> Path:
+    """An SD3-style flow-matching pipeline (SD3Transformer2DModel, two CLIP encoders, with `t5` a T5 encoder as
+    the third, VAE) in `out`. Without T5 the pipeline feeds zeros in its place, as SD3 does."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
@@ -185,6 +211,7 @@ def tiny_sd3_pipeline(out: str | Path, seed: int = 0, shift: float = 3.0) -> Pat
         pos_embed_max_size=8,
     )
     tok = _clip_tokenizer(Path(out) / ".tok")
+    tok_3 = _t5_tokenizer() if t5 else None
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
@@ -193,8 +220,8 @@ def tiny_sd3_pipeline(out: str | Path, seed: int = 0, shift: float = 3.0) -> Pat
         tokenizer=tok,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(len(tok))),
         tokenizer_2=tok,
-        text_encoder_3=None,
-        tokenizer_3=None,
+        text_encoder_3=_t5_encoder(len(tok_3), 64) if t5 else None,  # T5's width = the joint width
+        tokenizer_3=tok_3,
     )
     pipe.save_pretrained(out, safe_serialization=True)
     _rm_tree(Path(out) / ".tok")
