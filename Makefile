@@ -16,6 +16,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/install_test_browser.sh
+	bash scripts/install_optimum_env.sh
 	$(PY) -m ruff check fewstep tests benchmarks scripts
 	$(PY) -m pytest -q
 
@@ -24,4 +25,4 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check fewstep tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache out
+	rm -rf $(VENV) .venv-optimum .pytest_cache .ruff_cache out

@@ -16,6 +16,7 @@ COMMANDS = (
     "distill",
     "distill_decoder",
     "export",
+    "export_optimum",
     "generate",
     "bench",
     "serve",
@@ -34,6 +35,7 @@ the built-in chain, in order:
   fewstep distill METHOD --out DIR  a 1-4 step student: reflow slimflow instaflow guidance consistency progressive dmd
   fewstep distill-decoder --teacher PIPELINE --out DIR   a tiny (TAESD-like) image decoder for latent models
   fewstep export MODEL --out DIR    an engine bundle: ONNX / OpenVINO / CoreML / TensorRT, fp32 / fp16 / int8, gated
+  fewstep export-optimum MODEL --out DIR   a latent student as an ONNX pipeline for optimum's ORTDiffusionPipeline
   fewstep generate MODEL --prompt P write a PNG grid (MODEL: a checkpoint path or 'shapes32-teacher')
   fewstep bench BUNDLE              latency per batch size and stage, cold start, memory, edge profiles, vs torch
   fewstep serve BUNDLE              HTTP server: /v1/generate, OpenAI-style images API, /metrics, a web page
