@@ -115,26 +115,42 @@ def test_bad_pipeline_directories_name_the_problem(pipelines, tmp_path):
         check_pipeline_dir(broken)
 
 
+OVERRIDES = {  # a few steps of each method on a tiny pipeline teacher
+    "progressive": {"start_steps": 4, "student_steps": 2},
+    "guidance": {"student_steps": 2},
+    "reflow": {"student_steps": 1},
+    "instaflow": {"student_steps": 1},
+    "slimflow": {"student_steps": 1, "stage2_steps": 2},
+    "consistency": {"student_steps": 2, "grid": 8, "skip": 2},
+    "dmd": {},
+}
+PAIR_METHODS = ("reflow", "instaflow", "slimflow", "dmd")
+
+
 @pytest.mark.parametrize(
-    "teacher,methods", [("epsilon", ("progressive", "guidance")), ("sd3", ("progressive", "reflow"))]
+    "teacher,methods",
+    [
+        ("epsilon", ("progressive", "guidance")),
+        ("sd3", ("progressive", "reflow")),
+        ("epsilon", ("slimflow", "instaflow", "consistency", "dmd")),
+    ],
 )
-def test_latent_distillation_two_methods(pipelines, tmp_path, teacher, methods):
-    """Students of a pipeline teacher train in latents, keep the teacher's kind and VAE, and decode to images."""
+def test_latent_distillation(pipelines, tmp_path, teacher, methods):
+    """Students of a pipeline teacher train in latents with every method (pairs in latents too), keep the teacher's
+    kind and VAE, and decode to images."""
     from fewstep.compress.pairs import PairsConfig, build_pairs
 
     source = pipelines[teacher]
     teacher_model, teacher_spec = load_model(source)
     for method in methods:
-        extra = {"progressive": {"start_steps": 4, "student_steps": 2}, "guidance": {"student_steps": 2}}.get(
-            method, {}
-        )
-        if method == "reflow":
+        extra = dict(OVERRIDES[method])
+        if method in PAIR_METHODS:
             pairs = build_pairs(
                 PairsConfig(teacher=str(source), n=8, steps=2, solver="euler", shard_size=8, batch_size=8),
                 tmp_path / "pairs",
                 progress=False,
             )
-            extra = {"pairs": str(pairs), "student_steps": 1}
+            extra["pairs"] = str(pairs)
         path = distill_tiny(source, tmp_path / method, method, **extra)
         student = TorchPipeline.from_checkpoint(path)
         spec = student.spec
