@@ -53,13 +53,7 @@ class TinyImageDecoder(nn.Module):
 
 def export_decoder_onnx(decoder: ImageDecoder | TinyImageDecoder, path: str | Path, max_batch: int = 4096) -> Path:
     """fp32 ONNX graph with a dynamic batch, checked and shape-inferred like the denoiser's."""
-    from .to_onnx import OPSET, finish_onnx
+    from .to_onnx import export_graph
 
-    path = Path(path)
-    shape = decoder.inputs[0].concrete(2)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    with torch.no_grad():
-        torch.onnx.export(decoder.eval(), (torch.randn(shape),), str(path), input_names=["latents"],
-                          output_names=["image"], dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
-                          external_data=False, verbose=False)  # fmt: skip
-    return finish_onnx(path)
+    latents = torch.randn(decoder.inputs[0].concrete(2))
+    return export_graph(decoder, (latents,), Path(path), ["latents"], ["image"], max_batch=max_batch)

@@ -11,6 +11,8 @@ Inputs are `input_ids`, `input_ids_2`, `input_ids_3` (one per tokenizer, padded 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -68,12 +70,7 @@ class PipelinePromptGraph(nn.Module):
 
 def export_prompt_graph(graph: PipelinePromptGraph, path) -> None:
     """ONNX graph: int64 token ids (B, L_k) per tokenizer -> text (B, L, D) [+ pooled (B, P)]."""
-    from .to_onnx import OPSET, finish_onnx
+    from .to_onnx import export_graph
 
     ids = graph.token_ids(["a", "b"])
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    with torch.no_grad():
-        torch.onnx.export(graph.eval(), tuple(ids), str(path), input_names=graph.input_names,
-                          output_names=graph.output_names, dynamic_shapes=tuple({0: batch} for _ in ids),
-                          opset_version=OPSET, dynamo=True, external_data=False, verbose=False)  # fmt: skip
-    finish_onnx(path)
+    export_graph(graph, tuple(ids), Path(path), graph.input_names, graph.output_names, max_batch=1024)

@@ -32,25 +32,25 @@ def _need_onnx():
 
 
 def export_fp32(denoiser: Denoiser, path: Path) -> Path:
-    """`torch.onnx.export` (dynamo) with a dynamic batch on every input; checked and shape-inferred."""
+    """The denoiser with a dynamic batch on every input; checked and shape-inferred."""
+    names = denoiser.input_names
+    outputs = [s.name for s in denoiser.outputs]
+    return export_graph(denoiser, denoiser.example_inputs(2), path, names, outputs)
+
+
+def export_graph(module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                 max_batch: int = MAX_BATCH) -> Path:  # fmt: skip
+    """`torch.onnx.export` (dynamo) of any graph fewstep writes: dim 0 of every non-scalar input is one dynamic
+    batch (up to `max_batch`), then `finish_onnx`. `args` are example inputs with a batch of at least 2."""
     import torch
 
     _need_onnx()
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    names = denoiser.input_names
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    dynamic = tuple(None if a.ndim == 0 else {0: batch} for a in args)
     with torch.no_grad():
-        torch.onnx.export(
-            denoiser.eval(),
-            denoiser.example_inputs(2),
-            str(path),
-            input_names=names,
-            output_names=[s.name for s in denoiser.outputs],
-            dynamic_shapes=tuple({0: batch} for _ in names),
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
+        torch.onnx.export(module.eval(), tuple(args), str(path), input_names=input_names, output_names=output_names,
+                          dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True, external_data=False,
+                          verbose=False)  # fmt: skip
     return finish_onnx(path)
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..models.contract import Cond
+from .to_onnx import export_graph
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 UNET_TIMESTEPS = 1_000_000  # the UNet families' scheduler scale: first sigma 1 - 1e-6, timesteps exact in float32
@@ -152,16 +153,6 @@ def scheduler_for(family: str, steps: int):
     return sched, float(UNET_TIMESTEPS)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, names: list[str], outputs: list[str], dynamic: tuple) -> None:
-    from .to_onnx import OPSET, finish_onnx
-
-    with torch.no_grad():
-        torch.onnx.export(module.eval(), args, str(path), input_names=names, output_names=outputs,
-                          dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True, external_data=False,
-                          verbose=False)  # fmt: skip
-    finish_onnx(path)
-
-
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=list) + "\n")
@@ -261,9 +252,8 @@ class OptimumExport:
         graph = TextEncoderGraph(encoder)
         length = int(spec["text_encoder"].get("t5_tokens", 256)) if graph.t5 else int(tok.model_max_length)
         ids = tok(["a", "b"], padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-        batch = torch.export.Dim("batch", min=1, max=1024)
         (stage / name).mkdir()
-        _export(graph, (ids,), stage / name / "model.onnx", ["input_ids"], graph.output_names, ({0: batch},))
+        export_graph(graph, (ids,), stage / name / "model.onnx", ["input_ids"], graph.output_names, max_batch=1024)
         _write_json(stage / name / "config.json", encoder.config.to_dict())
         self.log(f"  {name}: {type(encoder).__name__} ({length} tokens)")
 
@@ -271,10 +261,9 @@ class OptimumExport:
         cfg = vae.config
         side = int(cfg.sample_size) // 2 ** (len(cfg.block_out_channels) - 1)
         latents = torch.randn(2, int(cfg.latent_channels), side, side)
-        batch = torch.export.Dim("batch", min=1, max=1024)
         (stage / "vae_decoder").mkdir()
-        _export(VaeDecoderGraph(vae), (latents,), stage / "vae_decoder" / "model.onnx", ["latent_sample"], ["sample"],
-                ({0: batch},))  # fmt: skip
+        path = stage / "vae_decoder" / "model.onnx"
+        export_graph(VaeDecoderGraph(vae), (latents,), path, ["latent_sample"], ["sample"], max_batch=1024)
         _write_json(stage / "vae_decoder" / "config.json", dict(cfg))
         self.log("  vae_decoder: AutoencoderKL decoder")
 
@@ -291,9 +280,7 @@ class OptimumExport:
             args += [cond.pooled, cond.extra_ids]
         elif family == "sd3":
             args.append(cond.pooled)
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        dynamic = tuple({0: batch} if not (a.ndim == 0) else None for a in args)
         folder.mkdir()
-        _export(graph, tuple(args), folder / "model.onnx", graph.input_names, graph.output_names, dynamic)
+        export_graph(graph, tuple(args), folder / "model.onnx", graph.input_names, graph.output_names, max_batch=1024)
         _write_json(folder / "config.json", spec["transformer" if family == "sd3" else "unet"])
         self.log(f"  {folder.name}: the student ({sum(p.numel() for p in model.parameters()):,} parameters)")
