@@ -161,3 +161,19 @@ def test_shipped_students_generate_with_their_own_schedule(name, steps, params_m
     assert spec["sampler"]["guidance"]["mode"] == "none"
     a = pipe.generate(["a red circle", "a blue square"], [0, 1])
     assert a.shape == (2, 32, 32, 3) and (a == pipe.generate(["a red circle", "a blue square"], [0, 1])).all()
+
+
+def test_init_from_a_student_checkpoint_copies_it_and_refuses_another_architecture(tiny, tmp_path):
+    """--init CHECKPOINT starts e.g. DMD from a reflowed student: its weights exactly, recorded in the spec."""
+    reflowed = distill(_cfg(tiny, "reflow", lr=0.05), tmp_path / "reflow", progress=False)  # far from any init
+    dmd = distill(_cfg(tiny, "dmd", steps=1, lr=1e-9, init=str(reflowed)), tmp_path / "dmd", progress=False)
+    init = load_model(dmd)[1]["training"]["init"]
+    assert init["init"] == "checkpoint" and init["checkpoint"] == str(reflowed) and len(init["checkpoint_sha256"]) == 64
+    a, b = _weights(reflowed), _weights(dmd)  # one step at lr 1e-9: still the checkpoint it started from
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    fresh = _weights(distill(_cfg(tiny, "dmd", steps=1, lr=1e-9), tmp_path / "sliced", progress=False))
+    assert not all(torch.allclose(a[k], fresh[k], atol=1e-3) for k in a)  # the default init would differ
+    with pytest.raises(CheckpointError, match="not the student"):  # the teacher is not a student-sized network
+        distill(_cfg(tiny, "dmd", init=str(tiny[0])), tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="init must be one of"):
+        _cfg(tiny, "dmd", init="slice")

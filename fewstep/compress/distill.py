@@ -20,9 +20,9 @@ from ..imaging import captioned_grid, save_png, to_uint8
 from ..models.checkpoint import CheckpointError
 from ..models.datasets import make_dataset
 from ..models.diffusers_dir import decoded_size, load_codec
-from ..models.loading import load_model, model_sha256, resolve_checkpoint, save_model
+from ..models.loading import SHIPPED, load_model, model_sha256, resolve_checkpoint, save_model
 from ..models.lora import add_lora, base_reference
-from ..models.model_kinds import network_of
+from ..models.model_kinds import network_key, network_of
 from ..models.pipeline import TorchPipeline, resolve_guidance, sampling_times
 from ..models.samplers import consistency_timesteps, uniform_timesteps
 from ..models.text_encoders import load_text_encoder
@@ -56,6 +56,7 @@ class DistillConfig:
     teacher: str = "shapes32-teacher"  # checkpoint path or shipped name
     student: str = "student-s"  # network preset of the student (`fewstep info`), or 'same' = teacher's
     init: str = "auto"  # scratch | teacher | sliced | auto (teacher when same size, else sliced; slimflow: scratch)
+    # | a student checkpoint of the student's architecture (a .safetensors path, run dir or shipped name)
     pairs: str | None = None  # pair cache directory (reflow, slimflow, instaflow, dmd); see `fewstep pairs`
     dataset: str = "shapes"  # training images for guidance, consistency, progressive: shapes | digits | imagefolder
     data_path: str | None = None  # imagefolder only
@@ -107,8 +108,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.init not in (*INITS, "auto"):
-            raise ValueError(f"init must be one of {', '.join(INITS)} or auto; got {self.init!r}")
+        if self.init not in (*INITS, "auto") and not is_checkpoint_reference(self.init):
+            raise ValueError(f"init must be one of {', '.join(INITS)}, auto or a student checkpoint (.safetensors "
+                             f"file, run directory or shipped name); got {self.init!r}")  # fmt: skip
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0 = train every weight); got {self.lora_rank}")
         if self.lora_rank and (self.student != "same" or self.init not in ("teacher", "auto")):
@@ -128,6 +130,11 @@ class DistillConfig:
 
     def loop(self, **changes) -> LoopConfig:
         return loop_config(self, **changes)
+
+
+def is_checkpoint_reference(value: str) -> bool:
+    """--init names a checkpoint (shipped name, .safetensors file or run directory) rather than a rule."""
+    return value in SHIPPED or value.endswith(".safetensors") or "/" in value or Path(value).is_dir()
 
 
 def _auto_init(cfg: DistillConfig, same_arch: bool) -> str:
@@ -153,6 +160,7 @@ class Distiller:
         self.same_arch = same_architecture(self.arch, self.teacher_spec)
         self.codec = load_codec(self.teacher_spec)  # latent teachers: the VAE that encodes training images
         self.init = _auto_init(cfg, self.same_arch)
+        self.init_checkpoint = self._load_init_checkpoint() if self.init not in INITS else None
         self.name = cfg.name or f"{self.teacher_spec.get('name', 'teacher')}-{cfg.method}-{cfg.student}"
         self._pairs: PairCache | None = None
         self._data: EncodedDataset | None = None
@@ -193,13 +201,31 @@ class Distiller:
         """A fresh student initialised from `source` (default: the teacher, read from `source_path`)."""
         torch.manual_seed(self.cfg.seed)
         student = build_student(self.arch)
+        how = init or self.init
+        if how not in INITS:  # the student checkpoint given as --init (copied like a same-size teacher)
+            model, path, sha = self.init_checkpoint
+            report = {**init_student(student, model, "teacher"), "init": "checkpoint", "checkpoint": str(path),
+                      "checkpoint_sha256": sha}  # fmt: skip
+            return student, report
         source = source if source is not None else self.teacher
-        report = init_student(student, source, init or self.init)
+        report = init_student(student, source, how)
         if self.cfg.lora_rank:
             report["lora"] = self._add_lora(student, source, source_path or self.teacher_path)
         if self.cfg.gradient_checkpointing:
             network_of(student).enable_gradient_checkpointing()
         return student, report
+
+    def _load_init_checkpoint(self) -> tuple[torch.nn.Module, Path, str]:
+        """--init CHECKPOINT: a model with the student's network and the teacher's text encoder, or a clear error."""
+        path = resolve_checkpoint(self.init)
+        model, spec = load_model(path)
+        key = network_key(self.teacher_spec)
+        if spec.get("kind") != self.arch["kind"] or key not in spec or not same_architecture(self.arch, spec):
+            raise CheckpointError(f"--init {self.init}: its network is not the student's ({self.cfg.student!r}); "
+                                  "pass a checkpoint of the same architecture or --student matching it")  # fmt: skip
+        if spec["text_encoder"] != self.teacher_spec["text_encoder"]:
+            raise CheckpointError(f"--init {self.init}: it reads another text encoder than the teacher")
+        return model, path, model_sha256(path)
 
     def _add_lora(self, student: torch.nn.Module, source: torch.nn.Module, source_path: Path) -> dict:
         """Freeze the student, attach adapters; -> the spec's `lora` section (base = the source model)."""
