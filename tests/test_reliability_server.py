@@ -128,10 +128,16 @@ def test_graceful_shutdown_under_load_loses_no_accepted_request(bundle):  # noqa
     url = live.url + "/v1/generate"
     with ThreadPoolExecutor(16) as pool:
         accepted = [pool.submit(httpx.post, url, json={**BODY, "seed": i}, timeout=60) for i in range(16)]
-        time.sleep(0.3)  # every request is queued or in the engine
+        deadline = time.time() + 30  # all 16 read by the server: queued, in the engine or answered
+        while live.server.server_state.total_requests < 16:
+            assert time.time() < deadline, "the 16 requests did not reach the server"
+            time.sleep(0.005)
         stopper = threading.Thread(target=live.__exit__, args=(None, None, None))
         stopper.start()
-        time.sleep(0.05)
+        deadline = time.time() + 10  # shutdown has begun once uvicorn's next tick closes the listening socket
+        while live.server.servers and live.server.servers[0].is_serving():
+            assert time.time() < deadline, "uvicorn did not begin its shutdown"
+            time.sleep(0.005)
         try:  # after shutdown began: refused (connection refused or 503), never half-served
             late = httpx.post(url, json=BODY, timeout=10).status_code
         except httpx.TransportError:
