@@ -22,7 +22,7 @@ from ..models.datasets import make_dataset
 from ..models.diffusers_dir import decoded_size, load_codec
 from ..models.loading import SHIPPED, load_model, model_sha256, resolve_checkpoint, save_model
 from ..models.lora import add_lora, base_reference
-from ..models.model_kinds import network_key, network_of
+from ..models.model_kinds import network_of
 from ..models.pipeline import TorchPipeline, resolve_guidance, sampling_times
 from ..models.samplers import consistency_timesteps, uniform_timesteps
 from ..models.text_encoders import load_text_encoder
@@ -219,8 +219,7 @@ class Distiller:
         """--init CHECKPOINT: a model with the student's network and the teacher's text encoder, or a clear error."""
         path = resolve_checkpoint(self.init)
         model, spec = load_model(path)
-        key = network_key(self.teacher_spec)
-        if spec.get("kind") != self.arch["kind"] or key not in spec or not same_architecture(self.arch, spec):
+        if spec["kind"] != self.arch["kind"] or not same_architecture(self.arch, spec):  # load_model built it
             raise CheckpointError(f"--init {self.init}: its network is not the student's ({self.cfg.student!r}); "
                                   "pass a checkpoint of the same architecture or --student matching it")  # fmt: skip
         if spec["text_encoder"] != self.teacher_spec["text_encoder"]:
