@@ -6,10 +6,11 @@
 2. runtime vs the torch student run like a diffusers pipeline (torch eager + torch text encoder), batch 1;
 3. the 1-step student end to end vs the 50-step CFG teacher in torch, batch 1;
 4. cold start: process start -> first image;
-5. server throughput at concurrency 8 with micro-batching vs without (max batch 1);
+5. server throughput at concurrency 8 with micro-batching vs without (max batch 1), on the bundle's default
+   engine and on the engines in --serve-engines (the engine that batches best on this CPU is not the default);
 6. a bounded load test: 2,000 requests from 48 clients against a queue of 16 and batches of 8 (2x what the
    server holds): status codes, p50/p99, the server's memory before and after.
-Writes benchmarks/results/runtime/results.{json,md}.
+Writes benchmarks/results/runtime/results.json.
 """
 
 from __future__ import annotations
@@ -181,13 +182,24 @@ def load(url: str, requests: int, concurrency: int) -> dict:
             "p99_ms_2xx": round(1e3 * float(np.percentile(ok, 99)), 1) if ok else None}  # fmt: skip
 
 
-def serving(bundle: Path) -> dict:
+def batching_gain(bundle: Path, engine: str | None = None) -> dict:
+    """Throughput at concurrency 8 with micro-batching (max batch 8, 5 ms) vs without (max batch 1)."""
+    flags = {"engine": engine} if engine else {}
     result = {}
     for label, batch in (("batched", 8), ("unbatched", 1)):
-        with Server(bundle, max_batch=batch, max_wait_ms=5, max_queue=64) as s:
+        with Server(bundle, max_batch=batch, max_wait_ms=5, max_queue=64, **flags) as s:
             load(s.url, 16, 8)  # warm-up
             result[label] = load(s.url, 400, 8)
     result["throughput_gain"] = round(result["batched"]["images_per_s"] / result["unbatched"]["images_per_s"], 2)
+    return result
+
+
+def serving(bundle: Path, other_engines: tuple[str, ...]) -> dict:
+    """Batching gain on the bundle's default engine and on other engines (`fewstep serve --engine ID`), then a
+    bounded load test on the default engine."""
+    result = {"default_engine": batching_gain(bundle)}
+    for engine in other_engines:
+        result[engine] = batching_gain(bundle, engine)
     with Server(bundle, max_batch=8, max_wait_ms=5, max_queue=16, timeout=10) as s:
         load(s.url, 32, 8)
         before = s.rss_mb()
@@ -203,6 +215,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundles", default="runs/bench-runtime")
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument(
+        "--serve-engines",
+        default="openvino-int8",
+        help="engines besides the default to measure the batching gain on (comma-separated)",
+    )
     args = parser.parse_args()
     root = Path(args.bundles)
     four, one = ensure_bundle("shapes32-progressive-4step", root), ensure_bundle("shapes32-slimflow", root)
@@ -211,7 +228,7 @@ def main() -> None:
         "runtime": runtime_vs_bare_and_torch(four, args.runs),
         "one_step_vs_teacher": one_step_vs_teacher(one, args.runs),
         "cold_start": cold(four),
-        "serving": serving(four),
+        "serving": serving(four, tuple(e for e in args.serve_engines.split(",") if e)),
         "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     OUT.mkdir(parents=True, exist_ok=True)
