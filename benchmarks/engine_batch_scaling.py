@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import numpy as np
+from runtime_serving import ms, timed  # benchmarks/ is on sys.path when run as a script
 
 from fewstep.runtime import Generator
 from fewstep.runtime.bench import machine
 
 OUT = Path(__file__).resolve().parent / "results" / "runtime" / "engine_batch_scaling.json"
 PROMPT = "a red circle on the left"
-
-
-def median_ms(fn, runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return round(1e3 * float(np.median(out)), 2)
 
 
 def main() -> None:
@@ -45,8 +33,9 @@ def main() -> None:
         for threads in (None, 1):
             gen = Generator.from_bundle(args.bundle, engine=engine, threads=threads)
             seeds = iter(range(10**6))
-            b1 = median_ms(lambda g=gen, s=seeds: g.generate([PROMPT], [next(s)]), args.runs)
-            b8 = median_ms(lambda g=gen, s=seeds: g.generate([PROMPT] * 8, [next(s) for _ in range(8)]), args.runs // 2)
+            b1 = ms(timed(lambda g=gen, s=seeds: g.generate([PROMPT], [next(s)]), args.runs, warmup=5))
+            batch8 = lambda g=gen, s=seeds: g.generate([PROMPT] * 8, [next(s) for _ in range(8)])  # noqa: E731
+            b8 = ms(timed(batch8, args.runs // 2, warmup=5))
             row = {"engine": engine, "threads": threads or "backend default", "batch1_ms": b1, "batch8_ms": b8,
                    "batch8_ms_per_image": round(b8 / 8, 2), "batch8_gain_per_image": round(8 * b1 / b8, 2)}  # fmt: skip
             rows.append(row)
