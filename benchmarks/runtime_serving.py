@@ -185,7 +185,11 @@ def load(url: str, requests: int, concurrency: int) -> dict:
 def batching_gain(bundle: Path, engine: str | None = None) -> dict:
     """Throughput at concurrency 8 with micro-batching (max batch 8, 5 ms) vs without (max batch 1)."""
     flags = {"engine": engine} if engine else {}
-    result = {}
+    if engine is None:  # record which engine the default is, as the server picks it
+        from fewstep.runtime import Generator
+
+        engine = Generator.from_bundle(bundle).engine_entry["id"]
+    result = {"engine": engine}
     for label, batch in (("batched", 8), ("unbatched", 1)):
         with Server(bundle, max_batch=batch, max_wait_ms=5, max_queue=64, **flags) as s:
             load(s.url, 16, 8)  # warm-up

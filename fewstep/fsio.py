@@ -60,8 +60,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 def _write_error(path: Path, e: OSError) -> OutputWriteError:
     why = "the disk is full" if e.errno in _NO_SPACE else (e.strerror or str(e))
     return OutputWriteError(
-        e.errno, f"could not write {path}: {why}; the previous {path.name} (if any) is intact. "
-        "Free space (or fix the permissions) and run the same command again (training runs: add --resume)"
+        e.errno,
+        f"could not write {path}: {why}; the previous {path.name} (if any) is intact. "
+        "Free space (or fix the permissions) and run the same command again (training runs: add --resume)",
     )
 
 

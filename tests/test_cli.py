@@ -126,6 +126,8 @@ def test_eval_writes_json_with_labelled_domain_fid(checkpoint, tmp_path, capsys)
     assert [s["nfe"] for s in result["systems"]] == [1, 4]  # 2 steps x 2 CFG branches
     for s in result["systems"]:
         assert s["fid"] > 0 and 0 <= s["adherence"] <= 1
+        verdicts = s["adherent_per_prompt"]  # prompt i's verdict, for paired comparisons
+        assert len(verdicts) == 12 and verdicts.count("1") / 12 == s["adherence"]
     assert (out / "samples_euler-2step-w3.png").is_file()
     assert "domain FID" in capsys.readouterr().out
 

@@ -100,3 +100,21 @@ def test_reference_metrics_reuse_real_features_and_match_fid_kid(space):
         got = ref.score(fake)
         assert got["fid"] == pytest.approx(expected["fid"], rel=1e-6)
         assert got["kid_mean"] == pytest.approx(expected["kid_mean"], rel=1e-6, abs=1e-9)
+
+
+def test_paired_adherence_counts_discordant_prompts_and_mcnemar_matches_the_binomial():
+    from fewstep.evaluation.paired import mcnemar_exact, paired_adherence
+
+    # 10 prompts: both right on 2, only B right on 3, only A right on 1, both wrong on 4
+    a = "11" + "000" + "1" + "0000"
+    b = "11" + "111" + "0" + "0000"
+    r = paired_adherence(a, b)
+    assert (r["only_a"], r["only_b"], r["adherence_a"], r["adherence_b"]) == (1, 3, 0.3, 0.5)
+    assert abs(r["difference_b_minus_a"] - 0.2) < 1e-12
+    assert abs(r["paired_se"] - (4 - 2**2 / 10) ** 0.5 / 10) < 1e-12
+    assert abs(r["mcnemar_p"] - 2 * (1 + 4) / 16) < 1e-12  # P(X <= 1), X ~ Bin(4, 1/2), two-sided
+    assert mcnemar_exact(0, 10) == 2 / 1024 and mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    with pytest.raises(ValueError, match="same --n"):
+        paired_adherence("101", "10")
+    with pytest.raises(ValueError, match="'0' and '1'"):
+        paired_adherence("1x", "10")

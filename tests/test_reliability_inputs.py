@@ -331,8 +331,11 @@ CASES = [
     ("seed 2^64", _flags("generate", "CKPT", "--prompt", "x", "--seeds", str(2**64)), "seeds must be"),
     ("steps 0 (engine)", _flags("generate", "BUNDLE", "--prompt", "x", "--steps", "0"), "steps must be"),
     ("batch size 0", _flags("train-teacher", "--batch-size", "0", "--out", "TMP/o"), "batch_size"),
-    ("batch size 10^9", _flags("distill", "guidance", "--teacher", "CKPT", "--batch-size", "1000000000",
-                               "--out", "TMP/o"), "batch_size must be <="),
+    (
+        "batch size 10^9",
+        _flags("distill", "guidance", "--teacher", "CKPT", "--batch-size", "1000000000", "--out", "TMP/o"),
+        "batch_size must be <=",
+    ),
     ("pairs n 0", _flags("pairs", "--teacher", "CKPT", "--n", "0", "--out", "TMP/o"), "must all be >= 1"),
     ("lr negative", _flags("train-teacher", "--lr", "-1", "--out", "TMP/o"), "lr"),
     ("threads 0", _flags("generate", "CKPT", "--prompt", "x", "--threads", "0"), "threads"),

@@ -65,8 +65,10 @@ def test_twice_capacity_gets_only_200_and_429_with_flat_memory(bundle):  # noqa:
         rss_2 = proc.memory_info().rss
         metrics = httpx.get(live.url + "/metrics").text
     codes = codes_1 + codes_2
-    print(f"load: capacity {capacity:.1f} req/s, offered {2 * capacity:.1f} req/s for 8 s: {len(codes)} requests, "
-          f"{codes.count(200)} x 200, {codes.count(429)} x 429, RSS {rss_1 / 2**20:.0f} -> {rss_2 / 2**20:.0f} MB")
+    print(
+        f"load: capacity {capacity:.1f} req/s, offered {2 * capacity:.1f} req/s for 8 s: {len(codes)} requests, "
+        f"{codes.count(200)} x 200, {codes.count(429)} x 429, RSS {rss_1 / 2**20:.0f} -> {rss_2 / 2**20:.0f} MB"
+    )
     assert capacity > 5 and len(codes) > 16 * capacity * 0.8
     assert set(codes) <= {200, 429}, sorted(set(codes))
     assert codes.count(200) > 4 * capacity and codes.count(429) > 0.2 * len(codes)  # served at capacity, shed the rest

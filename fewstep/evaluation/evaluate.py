@@ -144,6 +144,8 @@ def evaluate(
             "adherence": float(ok.mean()),
             "generate_seconds": round(seconds, 2),
             "ms_per_image": round(1000 * seconds / len(prompts), 2),
+            # prompt i's verdict as '1'/'0': two systems on the same prompts and seeds compare pairwise
+            "adherent_per_prompt": "".join("1" if v else "0" for v in ok),
         }
         if dataset == "shapes":
             row["adherence_one_shape"] = float(ok[~two].mean())

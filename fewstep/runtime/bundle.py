@@ -71,8 +71,11 @@ def _check_structure(manifest: dict, path: Path) -> None:
     for i, e in enumerate(manifest["engines"]):
         ok = isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("id", "backend", "precision"))
         files = e.get("files") if isinstance(e, dict) else None
-        if not ok or not isinstance(files, dict) or not files or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        if (
+            not ok
+            or not isinstance(files, dict)
+            or not files
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
         ):
             raise BundleError(f"{path}: engines[{i}] lacks a string id/backend/precision or its files map; re-export")
     img = manifest["image"]
