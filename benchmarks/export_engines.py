@@ -1,8 +1,9 @@
 """Every backend and precision of the shipped students: engine size, final-image PSNR vs torch, domain FID and
 prompt adherence, and denoiser latency at batch 1 and 8 (medians, engines of a backend timed side by side).
 
-    python benchmarks/export_engines.py                      # shapes32-slimflow and shapes32-progressive-4step
+    python benchmarks/export_engines.py                      # every shipped student
     python benchmarks/export_engines.py --models shapes32-slimflow --n 256
+    python benchmarks/export_engines.py --models shapes32-consistency-4step   # adds / replaces one model's table
 
 Bundles are exported with the speed gate recording but not refusing (so that every engine can be measured);
 the table says which engines the gate would refuse. Writes benchmarks/results/export/{results.json,results.md}.
@@ -118,7 +119,7 @@ def measure(model: str, root: Path, n: int, runs: int, threads: int) -> dict:
         if row.get("size_bytes") and base:
             row["size_vs_fp32"] = round(row["size_bytes"] / base, 3)
     return {"model": model, "params": manifest["model"]["params"], "sampler": manifest["sampler"],
-            "images": n, "manifest": manifest, "rows": rows}  # fmt: skip
+            "images": n, "measured": time.strftime("%Y-%m-%d"), "manifest": manifest, "rows": rows}  # fmt: skip
 
 
 def markdown(results: list[dict], machine: str, threads: int) -> str:
@@ -131,7 +132,9 @@ def markdown(results: list[dict], machine: str, threads: int) -> str:
              ""]  # fmt: skip
     for r in results:
         lines += [f"## {r['model']} ({r['params']:,} params, {r['sampler']['rule']} "
-                  f"{len(r['sampler']['timesteps']) - 1} step(s))", "",
+                  f"{r['sampler']['default_steps']} step(s))", "",
+                  *([f"Measured {r['measured']} (`--models {r['model']}`); timings compare within this table.", ""]
+                    if "measured" in r else []),
                   "| engine | MB | size vs fp32 | PSNR dB | domain FID | adherence | ms b1 | ms b8 | x fp32 b1 | "
                   "x fp32 b8 | speed gate |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -172,7 +175,8 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["shapes32-slimflow", "shapes32-progressive-4step"])
+    students = ["shapes32-slimflow", "shapes32-progressive-4step", "shapes32-consistency-4step"]
+    parser.add_argument("--models", nargs="+", default=students)
     parser.add_argument("--n", type=int, default=512, help="evaluation prompts")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per engine and batch")
     parser.add_argument("--threads", type=int, default=2)
@@ -181,8 +185,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     machine = f"{cpu_name()}, {os.cpu_count()} cores"
-    results = [measure(m, Path(args.bundles), args.n, args.runs, args.threads) for m in args.models]
     out = Path(args.out)
+    # a model measured now replaces its earlier entry; the other models' entries (each timed within itself) stay
+    earlier = json.loads((out / "results.json").read_text())["results"] if (out / "results.json").is_file() else []
+    fresh = {m: measure(m, Path(args.bundles), args.n, args.runs, args.threads) for m in args.models}
+    results = [fresh.pop(r["model"], r) for r in earlier] + list(fresh.values())
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"machine": machine, "threads": args.threads,
                                                   "results": results}, indent=2, default=str))  # fmt: skip

@@ -151,12 +151,18 @@ def test_sliced_init_keeps_the_most_important_channels_aligned():
 
 
 @pytest.mark.parametrize(
-    ("name", "steps", "params_max"), [("shapes32-slimflow", 1, 0.25), ("shapes32-progressive-4step", 4, 1.0)]
+    ("name", "rule", "steps", "params_max"),
+    [
+        ("shapes32-slimflow", "euler", 1, 0.25),
+        ("shapes32-progressive-4step", "euler", 4, 1.0),
+        ("shapes32-consistency-4step", "consistency", 4, 1.0),
+    ],
 )
-def test_shipped_students_generate_with_their_own_schedule(name, steps, params_max):
+def test_shipped_students_generate_with_their_own_schedule(name, rule, steps, params_max):
     pipe = TorchPipeline.from_checkpoint(name)
     spec = pipe.spec
     assert spec["role"] == "student" and spec["sampler"]["default_steps"] == steps
+    assert spec["sampler"].get("rule", "euler") == rule
     assert spec["params"] <= params_max * spec["training"]["teacher_params"]
     assert spec["sampler"]["guidance"]["mode"] == "none"
     a = pipe.generate(["a red circle", "a blue square"], [0, 1])

@@ -20,6 +20,7 @@ SHIPPED = {
     "shapes32-teacher": WEIGHTS_DIR / "shapes32-teacher.safetensors",
     "shapes32-progressive-4step": WEIGHTS_DIR / "shapes32-progressive-4step.safetensors",
     "shapes32-slimflow": WEIGHTS_DIR / "shapes32-slimflow.safetensors",
+    "shapes32-consistency-4step": WEIGHTS_DIR / "shapes32-consistency-4step.safetensors",
     "shapes32-judge": WEIGHTS_DIR / "shapes32-judge.safetensors",
     "digits32-judge": WEIGHTS_DIR / "digits32-judge.safetensors",
 }
