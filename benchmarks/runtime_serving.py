@@ -139,7 +139,9 @@ class Server:
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(self.url + "/readyz", timeout=1)
+                if ready.status_code == 200:
+                    self.engine = ready.json()["engine"]  # the engine the server actually runs
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -185,15 +187,12 @@ def load(url: str, requests: int, concurrency: int) -> dict:
 def batching_gain(bundle: Path, engine: str | None = None) -> dict:
     """Throughput at concurrency 8 with micro-batching (max batch 8, 5 ms) vs without (max batch 1)."""
     flags = {"engine": engine} if engine else {}
-    if engine is None:  # record which engine the default is, as the server picks it
-        from fewstep.runtime import Generator
-
-        engine = Generator.from_bundle(bundle).engine_entry["id"]
-    result = {"engine": engine}
+    result = {}
     for label, batch in (("batched", 8), ("unbatched", 1)):
         with Server(bundle, max_batch=batch, max_wait_ms=5, max_queue=64, **flags) as s:
             load(s.url, 16, 8)  # warm-up
             result[label] = load(s.url, 400, 8)
+            result["engine"] = s.engine
     result["throughput_gain"] = round(result["batched"]["images_per_s"] / result["unbatched"]["images_per_s"], 2)
     return result
 
