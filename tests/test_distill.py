@@ -100,6 +100,26 @@ def test_student_schedules_and_guidance_modes(tiny, tmp_path):
         insta.generate(["a red circle"], [0], guidance=3.0)
 
 
+def test_guidance_then_progressive_keeps_the_w_input_at_few_steps(tiny, tmp_path):
+    """Meng et al. stages 1 + 2: guidance distillation, then w-conditioned rounds 4 -> 2 -> 1; resumable."""
+    cfg = _cfg(tiny, "guidance", then_progressive=True, start_steps=4, student_steps=1, w_min=1.0, w_max=5.0)
+    path = distill(cfg, tmp_path / "gp", progress=False)
+    assert {p.parent.name for p in (tmp_path / "gp").glob("*/model.safetensors")} == {"stage1", "round1_4to2",
+                                                                                      "round2_2to1"}  # fmt: skip
+    pipe = TorchPipeline.from_checkpoint(path)
+    guidance = pipe.spec["sampler"]["guidance"]
+    assert guidance["mode"] == "embedded" and guidance["range"] == [1.0, 5.0]
+    assert pipe.spec["sampler"]["timesteps"] == [1.0, 0.0] and pipe.spec["training"]["stage"] == 2
+    cond, x, t = pipe.encoder.encode(["a red circle"]), torch.randn(1, 3, 16, 16), torch.full((1,), 1.0)
+    assert not torch.equal(pipe.model(x, t, cond.with_guidance(2.0)), pipe.model(x, t, cond.with_guidance(5.0)))
+    assert pipe.generate(["a red circle"], [0], guidance=4.0).shape == (1, 16, 16, 3)
+    again = distill(cfg, tmp_path / "gp", resume=True, progress=False)  # finished stages load, not retrain
+    a, b = _weights(path), _weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="then-progressive"):
+        _cfg(tiny, "consistency", then_progressive=True)
+
+
 def test_bad_distill_configs_are_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="--pairs"):
         distill(_cfg(tiny, "reflow", pairs=None), tmp_path / "x", progress=False)

@@ -172,6 +172,40 @@ def test_guidance_distillation_matches_cfg_across_w(tmp_path):
         assert rel < 0.15, (w, float(rel))
 
 
+class GuidedFlow(torch.nn.Module):
+    """The w-conditioned field a perfect guidance-distilled teacher has: v_u + w (v_c - v_u) of the mixture."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = MixtureFlow()
+
+    def forward(self, x, t, cond):
+        v_c, v_u = self.base(x, t, cond), self.base(x, t, cond_of(torch.full((len(x),), -1)))
+        return v_u + cond.guidance.view(-1, 1, 1, 1) * (v_c - v_u)
+
+
+def test_w_conditioned_progressive_round_halves_steps_at_every_w(tmp_path):
+    """Meng et al. stage 2: a w-input student with N/2 steps matches the w-input teacher's N steps across w."""
+    teacher = GuidedFlow()
+    torch.manual_seed(0)
+    loss = ProgressiveLoss(teacher, None, teacher_steps=2, guidance=1.0, w_range=(1.0, 4.0))
+    student, losses = train(ToyMLP(guidance_input=True), loss, _data_batches(), 1000, tmp_path)
+    assert decreased(losses)
+    eps = torch.randn(1024, 2, 1, 1, generator=torch.Generator().manual_seed(99))
+    classes = torch.randint(0, 2, (1024,), generator=torch.Generator().manual_seed(98))
+    for w in (1.0, 2.5, 3.5):  # the teacher's own one step overshoots more as w grows (error 0.01 -> 21)
+        cond = cond_of(classes).with_guidance(w)
+        ref = euler(teacher, eps, uniform_timesteps(2), cond)
+        err = _map_error(euler(student, eps, uniform_timesteps(1), cond), ref)
+        assert err < 0.3 * _map_error(euler(teacher, eps, uniform_timesteps(1), cond), ref), w
+    try:
+        ProgressiveLoss(teacher, NULL, teacher_steps=4, guidance=3.0, w_range=(1.0, 4.0))
+    except ValueError as e:
+        assert "w-conditioned teacher" in str(e)
+    else:
+        raise AssertionError("CFG on top of a w-conditioned teacher must be refused")
+
+
 def _mode_balance(x: torch.Tensor) -> float:
     return float((x.flatten(1)[:, 0] < 0).float().mean())
 

@@ -92,6 +92,8 @@ class DistillConfig:
     w_min: float = 1.0  # guidance scales the student learns, w ~ U[w_min, w_max]
     w_max: float = 6.0
     guidance_dim: int = 64  # width of the sinusoidal w embedding (time_cond_proj_dim)
+    then_progressive: bool = False  # guidance: then stage 2 of Meng et al., w-conditioned progressive distillation
+    # from start_steps down to student_steps (--steps per stage; one pass per step at any w in [w_min, w_max])
     # consistency
     grid: int = 50  # N teacher steps over [0, 1]
     skip: int = 5  # k grid steps per teacher ODE step
@@ -118,7 +120,9 @@ class DistillConfig:
                              "(and --init teacher or auto)")  # fmt: skip
         if self.student_steps < 1:
             raise ValueError(f"student_steps must be >= 1; got {self.student_steps}")
-        if self.method == "progressive":
+        if self.then_progressive and self.method != "guidance":
+            raise ValueError("--then-progressive is stage 2 of guidance distillation: use it with `distill guidance`")
+        if self.method == "progressive" or self.then_progressive:
             n = self.start_steps
             while n > self.student_steps:
                 n //= 2
@@ -315,8 +319,8 @@ def distill(cfg: DistillConfig, out: str | Path, resume: bool = False, progress:
     if cfg.method in PAIR_METHODS and not cfg.pairs and not (cfg.method == "dmd" and cfg.reg_weight == 0):
         raise ValueError(f"{cfg.method} learns from trajectory pairs: pass --pairs DIR (made by `fewstep pairs`)")
     ddp.init_from_env(cfg.device)
-    stages = {"slimflow": ["stage1", "stage2"]}.get(cfg.method)
-    if stages is None and cfg.method != "progressive":
+    multi_stage = cfg.method in ("slimflow", "progressive") or cfg.then_progressive
+    if not multi_stage:
         check_resumable(out, cfg.loop(), to_dict(cfg), resume)  # before any expensive set-up
     elif not resume and (out / "config.yaml").exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -386,19 +390,29 @@ def _run_slimflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, pro
 
 def _run_guidance(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
     student, report = d.new_student()
-    # guidance distillation alone keeps the teacher's step count unless asked for fewer (then combine methods)
-    k = cfg.student_steps if cfg.student_steps > 1 else int(d.teacher_spec["sampler"].get("default_steps", 50))
-    times = _euler_times(k)
     default = float(d.teacher_spec["sampler"]["guidance"].get("default_scale", 3.0))
     mode = {"mode": "embedded", "range": [cfg.w_min, cfg.w_max],
             "default_scale": min(max(default, cfg.w_min), cfg.w_max)}  # fmt: skip
-
-    def spec(step):
-        return d.spec(step, "euler", times, mode, {"init": report, "train_times": "continuous"})
-
     loss = GuidanceDistillLoss(d.teacher, d.null, cfg.w_min, cfg.w_max, cfg.t_sampling)
-    d.run_loop(student, loss, d.data_batch, cfg.loop(), out, spec, resume, progress)
-    return out / "model.safetensors"
+    if not cfg.then_progressive:
+        # guidance distillation alone keeps the teacher's step count unless asked for fewer
+        k = cfg.student_steps if cfg.student_steps > 1 else int(d.teacher_spec["sampler"].get("default_steps", 50))
+        times = _euler_times(k)
+
+        def spec(step):
+            return d.spec(step, "euler", times, mode, {"init": report, "train_times": "continuous"})
+
+        d.run_loop(student, loss, d.data_batch, cfg.loop(), out, spec, resume, progress)
+        return out / "model.safetensors"
+    # stage 1 into out/stage1, then w-conditioned progressive rounds from it (Meng et al. 2023, stage 2)
+    s1, times1 = out / "stage1", _euler_times(cfg.start_steps)
+
+    def spec1(step):
+        return d.spec(step, "euler", times1, mode, {"init": report, "stage": 1, "train_times": "continuous"})
+
+    stage1 = d.run_loop(student, loss, d.data_batch, cfg.loop(), s1, spec1, resume, progress)
+    return _progressive_rounds(d, cfg, out, resume, progress, stage1, s1 / "model.safetensors", 1.0, None,
+                               "teacher", mode, (cfg.w_min, cfg.w_max))  # fmt: skip
 
 
 def _run_consistency(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
@@ -417,9 +431,20 @@ def _run_consistency(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, 
 
 
 def _run_progressive(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
-    teacher, guidance, null = d.teacher, cfg.guidance, d.null
+    return _progressive_rounds(d, cfg, out, resume, progress, d.teacher, d.teacher_path, cfg.guidance, d.null,
+                               d.init, _none(cfg.guidance), None)  # fmt: skip
+
+
+def _progressive_rounds(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool,
+                        teacher: torch.nn.Module, teacher_path: Path, guidance: float, null, init: str,
+                        mode: dict, w_range: tuple[float, float] | None) -> Path:  # fmt: skip
+    """Halve start_steps down to student_steps, each round's student the next round's teacher.
+
+    `guidance`/`null`: CFG of the first teacher (baked into the first student); `w_range`: a w-conditioned
+    teacher and student (guidance mode `embedded`, `mode` then names its range)."""
     n, r = cfg.start_steps, 1
-    source, init, source_path = d.teacher, d.init, d.teacher_path
+    source, source_path = teacher, teacher_path
+    stage = {"stage": 2} if w_range is not None else {}
     while n > cfg.student_steps:
         half = n // 2
         where = out / f"round{r}_{n}to{half}"
@@ -427,12 +452,12 @@ def _run_progressive(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, 
         times = _euler_times(half)
 
         def spec(step, times=times, report=report, n=n, r=r):
-            return d.spec(step, "euler", times, _none(cfg.guidance),
-                          {"init": report, "round": r, "teacher_steps": n, "train_times": times[:-1]})  # fmt: skip
+            extra = {"init": report, **stage, "round": r, "teacher_steps": n, "train_times": times[:-1]}
+            return d.spec(step, "euler", times, mode, extra)
 
-        loss = ProgressiveLoss(teacher, null, n, guidance)
+        loss = ProgressiveLoss(teacher, null, n, guidance, w_range)
         last = d.run_loop(student, loss, d.data_batch, cfg.loop(), where, spec, resume, progress)
-        # the student is the next teacher; guidance is baked in after the first round
+        # the student is the next teacher; CFG is baked in after the first round
         teacher, guidance, null, source, init = last, 1.0, None, last, "teacher"
         source_path = where / "model.safetensors"
         n, r = half, r + 1
