@@ -34,9 +34,13 @@ def add_run_flags(p: argparse.ArgumentParser, config_cls: type, skip: tuple[str,
     for f in fields(config_cls):
         if f.name in skip:
             continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if str(f.type) == "bool":  # --flag / --no-flag; unset leaves the YAML's value
+            p.add_argument(flag, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default: {str(f.default).lower()})")  # fmt: skip
+            continue
         typ = {"int": int, "float": float}.get(str(f.type), str)  # the rest is coerced by load_config
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", type=typ, default=None,
-                       help=f"(default: {f.default})")  # fmt: skip
+        p.add_argument(flag, dest=f"cfg_{f.name}", type=typ, default=None, help=f"(default: {f.default})")
 
 
 def resolve_run_config(config_cls: type, args: argparse.Namespace, **fixed: Any) -> Any | None:
