@@ -6,8 +6,10 @@
 2. runtime vs the torch student run like a diffusers pipeline (torch eager + torch text encoder), batch 1;
 3. the 1-step student end to end vs the 50-step CFG teacher in torch, batch 1;
 4. cold start: process start -> first image;
-5. server throughput at concurrency 8 with micro-batching vs without (max batch 1), on the bundle's default
-   engine and on the engines in --serve-engines (the engine that batches best on this CPU is not the default);
+5. server throughput at concurrency 8 with micro-batching vs without (max batch 1): `fewstep serve` as users
+   run it (each server times the bundle's engines at its own max batch and serves the fastest: the batched and
+   the unbatched server may pick different engines, both recorded), then with each engine of --serve-engines
+   pinned by `--engine ID` on both sides;
 6. a bounded load test: 2,000 requests from 48 clients against a queue of 16 and batches of 8 (2x what the
    server holds): status codes, p50/p99, the server's memory before and after.
 Writes benchmarks/results/runtime/results.json.
@@ -191,15 +193,14 @@ def batching_gain(bundle: Path, engine: str | None = None) -> dict:
     for label, batch in (("batched", 8), ("unbatched", 1)):
         with Server(bundle, max_batch=batch, max_wait_ms=5, max_queue=64, **flags) as s:
             load(s.url, 16, 8)  # warm-up
-            result[label] = load(s.url, 400, 8)
-            result["engine"] = s.engine
+            result[label] = {"engine": s.engine, **load(s.url, 400, 8)}
     result["throughput_gain"] = round(result["batched"]["images_per_s"] / result["unbatched"]["images_per_s"], 2)
     return result
 
 
 def serving(bundle: Path, other_engines: tuple[str, ...]) -> dict:
-    """Batching gain on the bundle's default engine and on other engines (`fewstep serve --engine ID`), then a
-    bounded load test on the default engine."""
+    """Batching gain of the server as it starts by default and with engines pinned (`fewstep serve --engine ID`),
+    then a bounded load test on the default server."""
     result = {"default_engine": batching_gain(bundle)}
     for engine in other_engines:
         result[engine] = batching_gain(bundle, engine)
@@ -220,8 +221,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument(
         "--serve-engines",
-        default="openvino-int8",
-        help="engines besides the default to measure the batching gain on (comma-separated)",
+        default="onnx-int8-ort,openvino-int8",
+        help="engines to pin on both servers and measure the batching gain on (comma-separated)",
     )
     args = parser.parse_args()
     root = Path(args.bundles)

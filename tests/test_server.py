@@ -193,6 +193,36 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+def test_serve_picks_the_engine_with_the_most_images_per_second(bundle, tmp_path):
+    """`fewstep serve` without --engine times every engine that loads here and serves the fastest."""
+    import json
+    import shutil
+
+    from fewstep.runtime.engine import BackendUnavailable
+    from fewstep.runtime.engine_pick import fastest_engine, format_rows, measure_engines
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    onnx = manifest["engines"][0]
+    manifest["engines"] += [{**onnx, "id": "onnx-fp32-again"},
+                            {**onnx, "id": "coreml-fp32", "backend": "coreml", "precision": "fp32"}]  # fmt: skip
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    rows = measure_engines(copy, batch=4, runs=2)
+    by_id = {r["engine"]: r for r in rows}
+    assert set(by_id) == {onnx["id"], "onnx-fp32-again", "coreml-fp32"}
+    assert "skipped" in by_id["coreml-fp32"]  # a backend this machine lacks (CoreML off macOS) is skipped
+    measured = [r for r in rows if "images_per_s" in r]
+    assert len(measured) >= 2 and all(r["batch"] == 4 and r["images_per_s"] > 0 for r in measured)
+    best = fastest_engine(rows)
+    assert by_id[best]["images_per_s"] == max(r["images_per_s"] for r in measured)
+    assert best in format_rows(rows)
+    with pytest.raises(BackendUnavailable, match="coreml-fp32"):
+        fastest_engine([by_id["coreml-fp32"]])
+    with pytest.raises(ValueError, match=">= 1"):
+        measure_engines(copy, batch=0)
+
+
 def test_web_page_renders_and_generates_in_headless_chromium(bundle, tmp_path):
     _, live = _serve(bundle)
     with live:

@@ -16,15 +16,25 @@ EPILOG = """examples:
 Concurrent requests with the same settings are micro-batched into one engine call (--max-batch images,
 waiting at most --max-wait-ms for company). When --max-queue requests wait, new ones get 429 with Retry-After;
 a request that takes longer than --timeout gets 504. SIGINT/SIGTERM stop accepting (503) and drain accepted
-work. The server is stateless: run replicas behind any load balancer to scale out (or use the bundle's Triton
-repository, `fewstep export --triton`, on GPU fleets)."""
+work. Without --engine the server first times each engine of the bundle at --max-batch images per call and
+serves the one with the most images/s (--pick priority skips that). The server is stateless: run replicas
+behind any load balancer to scale out (or use the bundle's Triton repository, `fewstep export --triton`, on
+GPU fleets)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help=HELP, description=HELP, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("bundle", help="engine bundle directory (fewstep export)")
-    p.add_argument("--engine", help="engine id from the manifest (default: the first that loads here)")
+    p.add_argument("--engine", help="engine id from the manifest (default: chosen by --pick)")
+    p.add_argument(
+        "--pick",
+        choices=("throughput", "priority"),
+        default="throughput",
+        help="without --engine: 'throughput' times every engine that loads here at --max-batch images per call "
+        "(a few seconds at start-up) and serves the one with the most images/s; 'priority' takes the first in "
+        "the documented backend order without timing (default: throughput)",
+    )
     p.add_argument(
         "--decoder",
         choices=("vae", "tiny"),
@@ -51,7 +61,15 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.server import ServeConfig, create_app
 
     config = ServeConfig(args.max_batch, args.max_wait_ms, args.max_queue, args.timeout, args.max_images)
-    gen = Generator.from_bundle(args.bundle, engine=args.engine, decoder=args.decoder, threads=args.threads or None)
+    threads = args.threads or None
+    engine = args.engine
+    if engine is None and args.pick == "throughput":
+        from ..runtime.engine_pick import fastest_engine, format_rows, measure_engines
+
+        rows = measure_engines(args.bundle, args.max_batch, threads, args.decoder)
+        engine = fastest_engine(rows)
+        print(f"engines at {args.max_batch} image(s) per call on this machine:\n{format_rows(rows)}", flush=True)
+    gen = Generator.from_bundle(args.bundle, engine=engine, decoder=args.decoder, threads=threads)
     print(f"serving {gen.manifest['model']['name']} ({gen.engine_entry['id']}) on http://{args.host}:{args.port}/")
     uvicorn.run(create_app(gen, config), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=int(args.timeout) + 5)  # fmt: skip
