@@ -11,7 +11,8 @@
    the unbatched server may pick different engines, both recorded), then with each engine of --serve-engines
    pinned by `--engine ID` on both sides;
 6. a bounded load test: 2,000 requests from 48 clients against a queue of 16 and batches of 8 (2x what the
-   server holds): status codes, p50/p99, the server's memory before and after.
+   server holds), twice: status codes and p50/p99 of the second round, the server's memory at start, after the
+   first round and after the second.
 Writes benchmarks/results/runtime/results.json.
 """
 
@@ -205,13 +206,14 @@ def serving(bundle: Path, other_engines: tuple[str, ...]) -> dict:
     for engine in other_engines:
         result[engine] = batching_gain(bundle, engine)
     with Server(bundle, max_batch=8, max_wait_ms=5, max_queue=16, timeout=10) as s:
-        load(s.url, 32, 8)
+        started = s.rss_mb()
+        first = load(s.url, 2000, 48)  # 48 clients against 16 queue slots + 8 in the engine
         before = s.rss_mb()
-        result["load_test"] = load(s.url, 2000, 48)  # 48 clients against 16 queue slots + 8 in the engine
-        result["load_test"]["rss_mb_before"], result["load_test"]["rss_mb_after"] = (
-            round(before, 1),
-            round(s.rss_mb(), 1),
-        )
+        result["load_test"] = load(s.url, 2000, 48)  # the same again: is memory flat once every path ran?
+        result["load_test"].update(
+            rss_mb_at_start=round(started, 1), first_round_status=first["status"],
+            rss_mb_before=round(before, 1), rss_mb_after=round(s.rss_mb(), 1),
+        )  # fmt: skip
     return result
 
 

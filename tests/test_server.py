@@ -198,8 +198,9 @@ def test_serve_picks_the_engine_with_the_most_images_per_second(bundle, tmp_path
     import json
     import shutil
 
+    from fewstep.runtime.bundle import BundleError
     from fewstep.runtime.engine import BackendUnavailable
-    from fewstep.runtime.engine_pick import fastest_engine, format_rows, measure_engines
+    from fewstep.runtime.engine_pick import fastest_engine, format_rows, measure_engines, measure_in_subprocess
 
     copy = tmp_path / "b"
     shutil.copytree(bundle, copy)
@@ -221,6 +222,12 @@ def test_serve_picks_the_engine_with_the_most_images_per_second(bundle, tmp_path
         fastest_engine([by_id["coreml-fp32"]])
     with pytest.raises(ValueError, match=">= 1"):
         measure_engines(copy, batch=0)
+    # what `fewstep serve` runs: the same timing in a child process, its errors one clear line
+    child = measure_in_subprocess(copy, batch=2, runs=1)
+    assert [r["engine"] for r in child] == [r["engine"] for r in rows]
+    assert all(r["batch"] == 2 for r in child if "skipped" not in r)
+    with pytest.raises(BundleError, match="not a directory"):
+        measure_in_subprocess(tmp_path / "missing", batch=2)
 
 
 def test_web_page_renders_and_generates_in_headless_chromium(bundle, tmp_path):

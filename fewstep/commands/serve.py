@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or None
     engine = args.engine
     if engine is None and args.pick == "throughput":
-        from ..runtime.engine_pick import fastest_engine, format_rows, measure_engines
+        from ..runtime.engine_pick import fastest_engine, format_rows, measure_in_subprocess
 
-        rows = measure_engines(args.bundle, args.max_batch, threads, args.decoder)
+        rows = measure_in_subprocess(args.bundle, args.max_batch, threads, args.decoder)
         engine = fastest_engine(rows)
         print(f"engines at {args.max_batch} image(s) per call on this machine:\n{format_rows(rows)}", flush=True)
     gen = Generator.from_bundle(args.bundle, engine=engine, decoder=args.decoder, threads=threads)

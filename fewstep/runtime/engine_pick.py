@@ -4,16 +4,22 @@ The documented priority (`generator.BACKEND_PRIORITY`) is a good guess for one i
 that is fastest at batch 1 is not always the one that batches best: on the 2-core Xeon of the README, ONNX
 Runtime int8 is fastest at batch 1 while OpenVINO int8 gives ~16% more images/s at batch 8. `fewstep serve`
 therefore times every engine that loads here, one at a time (an idle ONNX Runtime session spinning its threads
-would slow the one being timed), on end-to-end `generate` calls of `batch` images, and serves the winner.
+would slow the one being timed), on end-to-end `generate` calls of `batch` images, and serves the winner. The
+timing runs in a child process (`measure_in_subprocess`), so the engines it loads leave neither memory nor
+threads behind in the server.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from .bundle import read_manifest
+from .bundle import BundleError, read_manifest
 from .engine import BackendUnavailable
 from .generator import Generator, engine_order
 
@@ -67,3 +73,38 @@ def format_rows(rows: list[dict]) -> str:
             lines.append(f"  {r['engine']:<22} {r['images_per_s']:>8.1f} images/s  ({r['ms_per_call']:.1f} ms "
                          f"per call of {r['batch']})")  # fmt: skip
     return "\n".join(lines)
+
+
+def measure_in_subprocess(path: str | Path, batch: int, threads: int | None = None, decoder: str | None = None,
+                          runs: int = 5) -> list[dict]:  # fmt: skip
+    """`measure_engines` in a fresh Python process (`python -m fewstep.runtime.engine_pick`); its errors come
+    back as a BundleError with the child's message."""
+    cmd = [sys.executable, "-m", "fewstep.runtime.engine_pick", str(path), "--batch", str(batch), "--runs", str(runs)]
+    cmd += ["--threads", str(threads)] if threads else []
+    cmd += ["--decoder", decoder] if decoder else []
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise BundleError(f"timing the engines of {path} failed: {lines[-1]}")
+    return json.loads(done.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="time every engine of a bundle at one batch size (JSON rows)")
+    parser.add_argument("bundle")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--decoder", default=None)
+    args = parser.parse_args(argv)
+    try:
+        rows = measure_engines(args.bundle, args.batch, args.threads, args.decoder, args.runs)
+    except (BundleError, ValueError, OSError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
