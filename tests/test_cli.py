@@ -93,15 +93,19 @@ def test_bad_flag_value_exits_2_with_hint(capsys):
 
 
 def test_boolean_config_fields_are_on_off_flags(tmp_path, capsys):
-    """--flag / --no-flag set a bool field; unset keeps the YAML's value."""
-    main(["distill", "guidance", "--then-progressive", "--start-steps", "16", "--student-steps", "4", "--print-config"])
+    """--flag true|false sets a bool field (as `export --speed-gate false`); unset keeps the YAML's value."""
+    main(["distill", "guidance", "--then-progressive", "true", "--start-steps", "16", "--student-steps", "4",
+          "--print-config"])  # fmt: skip
     assert "then_progressive: true" in capsys.readouterr().out
     yaml = tmp_path / "g.yaml"
     yaml.write_text("then_progressive: true\nstart_steps: 8\nstudent_steps: 2\n")
     main(["distill", "guidance", "--config", str(yaml), "--print-config"])
     assert "then_progressive: true" in capsys.readouterr().out
-    main(["distill", "guidance", "--config", str(yaml), "--no-then-progressive", "--print-config"])
+    main(["distill", "guidance", "--config", str(yaml), "--then-progressive", "off", "--print-config"])
     assert "then_progressive: false" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "guidance", "--then-progressive", "maybe", "--print-config"])
+    assert e.value.code == 2 and "expected true or false" in capsys.readouterr().err
 
 
 def test_info_lists_presets_and_ratios(capsys):

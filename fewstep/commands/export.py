@@ -7,6 +7,8 @@ import shlex
 import sys
 from dataclasses import fields
 
+from .run_flags import boolean
+
 HELP = "export a model to an engine bundle (ONNX Runtime, OpenVINO, CoreML, TensorRT) with parity and speed gates"
 EPILOG = """examples:
   fewstep export shapes32-slimflow --out bundles/slimflow                       # onnx + openvino, fp32/fp16/int8
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for f in fields(ExportConfig):
         flag = f"--{f.name.replace('_', '-')}"
         if f.type == "bool":
-            p.add_argument(flag, dest=f"cfg_{f.name}", default=None, type=_bool, metavar="true|false",
+            p.add_argument(flag, dest=f"cfg_{f.name}", default=None, type=boolean, metavar="true|false",
                            help=f"(default: {str(f.default).lower()})")  # fmt: skip
         elif f.type.startswith("tuple"):
             p.add_argument(flag, dest=f"cfg_{f.name}", default=None, type=_csv,
@@ -56,14 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes", "on"):
-        return True
-    if text.lower() in ("false", "0", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,15 @@ def count(minimum: int = 1, maximum: int | None = None):
     return parse
 
 
+def boolean(text: str) -> bool:
+    """An argparse type for on/off config fields: true/false (also 1/0, yes/no, on/off)."""
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
+
+
 def add_run_flags(p: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = ()) -> None:
     """--out/--config/--resume/--print-config/--threads/--no-progress, then one flag per config field."""
     p.add_argument("--out", help="run directory (created)")
@@ -35,8 +44,8 @@ def add_run_flags(p: argparse.ArgumentParser, config_cls: type, skip: tuple[str,
         if f.name in skip:
             continue
         flag = f"--{f.name.replace('_', '-')}"
-        if str(f.type) == "bool":  # --flag / --no-flag; unset leaves the YAML's value
-            p.add_argument(flag, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None,
+        if str(f.type) == "bool":  # --flag true|false, as `fewstep export --speed-gate false`
+            p.add_argument(flag, dest=f"cfg_{f.name}", default=None, type=boolean, metavar="true|false",
                            help=f"(default: {str(f.default).lower()})")  # fmt: skip
             continue
         typ = {"int": int, "float": float}.get(str(f.type), str)  # the rest is coerced by load_config
