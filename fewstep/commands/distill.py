@@ -12,6 +12,7 @@ EPILOG = """methods (METHODS.md has the equations):
   slimflow     annealing reflow into a small student, then flow-guided distillation   needs --pairs; 1 step
   instaflow    one-step / k-step regression onto the (reflowed) teacher's pair images  needs --pairs
   guidance     CFG folded into a w input: one pass per step, guidance mode 'embedded'
+               (--then-progressive true: then w-conditioned progressive rounds down to --student-steps)
   consistency  LCM-style consistency distillation; multistep sampling with re-noising
   progressive  repeated halving of steps, each round's student the next teacher
   dmd          distribution matching with a fake score (+ regression on pairs; DMD2: --reg-weight 0
@@ -22,6 +23,7 @@ examples:
   fewstep distill slimflow --pairs runs/pairs --student student-s --out runs/slimflow
   fewstep distill consistency --student-steps 4 --out runs/lcm
   fewstep distill progressive --start-steps 32 --student-steps 2 --steps 800 --out runs/pd
+  fewstep distill guidance --then-progressive true --start-steps 16 --student-steps 4 --out runs/gd4
   fewstep distill reflow --pairs runs/pairs --out runs/reflow --resume      # continue a killed run
   torchrun --nproc_per_node 2 -m fewstep.cli distill reflow --pairs runs/pairs --out runs/r2   # data parallel
   fewstep distill dmd --print-config > dmd.yaml; fewstep distill dmd --config dmd.yaml --out runs/dmd
