@@ -58,12 +58,13 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ImportError("fewstep serve needs `pip install 'fewstep[serve]'` (fastapi, uvicorn)") from e
     from ..runtime import Generator
+    from ..runtime.bundle import read_manifest
     from ..runtime.server import ServeConfig, create_app
 
     config = ServeConfig(args.max_batch, args.max_wait_ms, args.max_queue, args.timeout, args.max_images)
     threads = args.threads or None
     engine = args.engine
-    if engine is None and args.pick == "throughput":
+    if engine is None and args.pick == "throughput" and len(read_manifest(args.bundle)["engines"]) > 1:
         from ..runtime.engine_pick import fastest_engine, format_rows, measure_in_subprocess
 
         rows = measure_in_subprocess(args.bundle, args.max_batch, threads, args.decoder)

@@ -1,35 +1,29 @@
 """Which of a bundle's engines to serve: the one with the most images/s at the server's batch size, measured here.
 
 The documented priority (`generator.BACKEND_PRIORITY`) is a good guess for one image at a time, but the engine
-that is fastest at batch 1 is not always the one that batches best: on the 2-core Xeon of the README, ONNX
-Runtime int8 is fastest at batch 1 while OpenVINO int8 gives ~16% more images/s at batch 8. `fewstep serve`
-therefore times every engine that loads here, one at a time (an idle ONNX Runtime session spinning its threads
-would slow the one being timed), on end-to-end `generate` calls of `batch` images, and serves the winner. The
-timing runs in a child process (`measure_in_subprocess`), so the engines it loads leave neither memory nor
-threads behind in the server.
+that is fastest at batch 1 is not always the one that batches best (on the 2-core Xeon of the README, ONNX
+Runtime int8 at batch 1, OpenVINO int8 at batch 8). `fewstep serve` therefore times every engine that loads
+here with `fewstep bench`'s own end-to-end measurement (`bench.bench_batches`) at its batch size, one engine at
+a time (an idle ONNX Runtime session spinning its threads would slow the one being timed), and serves the
+winner. The timing runs in a child process (`bench.run_probe`), so the engines it loads leave neither memory
+nor threads behind in the server.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+from .bench import bench_batches, run_probe
 from .bundle import BundleError, read_manifest
 from .engine import BackendUnavailable
 from .generator import Generator, engine_order
 
-PROBE_PROMPT = "a red circle"
-
 
 def measure_engines(path: str | Path, batch: int, threads: int | None = None, decoder: str | None = None,
                     runs: int = 5) -> list[dict]:  # fmt: skip
-    """Median ms and images/s of `batch`-image `generate` calls (default steps and guidance), per engine, in the
-    documented priority order; engines that cannot load here get a `skipped` reason instead."""
+    """p50 ms and images/s of `batch`-image `generate` calls (default steps and guidance, PNG encoding
+    included), per engine, in the documented priority order; engines that cannot load here get a `skipped`
+    reason instead."""
     if batch < 1 or runs < 1:
         raise ValueError(f"batch and runs must be >= 1; got {batch}, {runs}")
     rows = []
@@ -39,17 +33,9 @@ def measure_engines(path: str | Path, batch: int, threads: int | None = None, de
         except BackendUnavailable as e:
             rows.append({"engine": entry["id"], "skipped": str(e)})
             continue
-        per_call = gen.images_per_call(batch, gen.validate([PROBE_PROMPT], [0]))
-        prompts, seeds = [PROBE_PROMPT] * per_call, list(range(per_call))
-        gen.generate(prompts, seeds, batch_size=per_call)  # warm-up: allocations, the prompt cache
-        seconds = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            gen.generate(prompts, seeds, batch_size=per_call)
-            seconds.append(time.perf_counter() - t0)
-        ms = 1e3 * statistics.median(seconds)
-        rows.append({"engine": entry["id"], "batch": per_call, "ms_per_call": round(ms, 2),
-                     "images_per_s": round(1e3 * per_call / ms, 1)})  # fmt: skip
+        row = bench_batches(gen, [batch], runs, warmup=1)[0]
+        rows.append({"engine": entry["id"], "batch": batch, "ms_per_call": row["p50_ms"],
+                     "images_per_s": row["images_per_s"]})  # fmt: skip
         del gen  # one engine's threads at a time
     return rows
 
@@ -75,36 +61,24 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+_CHILD = """
+import json, sys
+from fewstep.runtime.engine_pick import measure_engines
+try:
+    rows = measure_engines(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) or None, sys.argv[5] or None,
+                           int(sys.argv[6]))
+    out = {"ok": True, "rows": rows}
+except Exception as e:
+    out = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+print("FEWSTEP_BENCH " + json.dumps(out))
+"""
+
+
 def measure_in_subprocess(path: str | Path, batch: int, threads: int | None = None, decoder: str | None = None,
-                          runs: int = 5) -> list[dict]:  # fmt: skip
-    """`measure_engines` in a fresh Python process (`python -m fewstep.runtime.engine_pick`); its errors come
-    back as a BundleError with the child's message."""
-    cmd = [sys.executable, "-m", "fewstep.runtime.engine_pick", str(path), "--batch", str(batch), "--runs", str(runs)]
-    cmd += ["--threads", str(threads)] if threads else []
-    cmd += ["--decoder", decoder] if decoder else []
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        raise BundleError(f"timing the engines of {path} failed: {lines[-1]}")
-    return json.loads(done.stdout)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="time every engine of a bundle at one batch size (JSON rows)")
-    parser.add_argument("bundle")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--decoder", default=None)
-    args = parser.parse_args(argv)
-    try:
-        rows = measure_engines(args.bundle, args.batch, args.threads, args.decoder, args.runs)
-    except (BundleError, ValueError, OSError) as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                          runs: int = 5, timeout: float = 300) -> list[dict]:  # fmt: skip
+    """`measure_engines` in a fresh Python process; its errors come back as a BundleError with its message."""
+    out = run_probe(_CHILD, [str(path), str(batch), str(threads or 0), decoder or "", str(runs)], threads or 0,
+                    timeout)  # fmt: skip
+    if not out.get("ok"):
+        raise BundleError(f"timing the engines of {path} failed: {out.get('error')}")
+    return out["rows"]
