@@ -1,13 +1,15 @@
-"""Students of every distillation method against the shipped teacher, on the built-in shapes benchmark.
+"""Students of every distillation method against their shipped teacher, on the built-in shapes benchmark.
 
 Each student is evaluated at 1, 2 and 4 steps (its own sampler rule and guidance mode) with the same 512
 held-out prompts and seeds, feature network and judge as the teacher's baselines
-(benchmarks/results/shapes32-teacher/eval.json, made by teacher_baselines.py).
+(benchmarks/results/TEACHER/eval.json, made by teacher_baselines.py).
 
     python benchmarks/distill_students.py slimflow=runs/bench/slimflow consistency=runs/bench/consistency ...
+    python benchmarks/distill_students.py --teacher shapes32-teacher-v1 NAME=RUN   # students of the first teacher
 
-Writes benchmarks/results/distill/{NAME/eval.json, NAME/samples_*.png, results.json, results.md}; a student
-already evaluated (NAME/eval.json newer than its checkpoint) is kept unless --force.
+Writes benchmarks/results/{distill-v2 | distill}/{NAME/eval.json, NAME/samples_*.png, results.json, results.md}
+for students of shapes32-teacher | shapes32-teacher-v1; a student already evaluated (NAME/eval.json newer than
+its checkpoint) is kept unless --force.
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ from pathlib import Path
 import torch
 
 from fewstep.evaluation.evaluate import Setting, evaluate
-from fewstep.models.loading import load_model, resolve_checkpoint
+from fewstep.models.loading import SHIPPED, load_model, model_sha256, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parent / "results"
-OUT = ROOT / "distill"
-TEACHER = ROOT / "shapes32-teacher" / "eval.json"
+# each shipped teacher: its students' results directory (its baselines are in ROOT / name / eval.json)
+RESULTS_OF = {"shapes32-teacher": "distill-v2", "shapes32-teacher-v1": "distill"}
 SHAPES_TEACHER_PARAMS = 1_494_755
+
+
+def _check_teacher(name: str, spec: dict, teacher: str) -> None:
+    """Refuse a student distilled from the other shipped teacher: its baselines would be the wrong ones.
+    (InstaFlow's teacher is a reflow student, not a shipped teacher: it is compared with the chosen one.)"""
+    used = spec["training"].get("teacher_sha256")
+    for other in RESULTS_OF:
+        if other != teacher and used == model_sha256(SHIPPED[other]):
+            raise SystemExit(f"{name} was distilled from {other}; evaluate it with --teacher {other}")
 
 
 def _init_label(init) -> str:
@@ -63,38 +74,43 @@ def main() -> None:
     parser.add_argument("--steps", default="1,2,4")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--teacher", choices=sorted(RESULTS_OF), default="shapes32-teacher",
+                        help="the teacher the students were distilled from (its baselines, results dir)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    teacher_eval = json.loads(TEACHER.read_text())
+    out = ROOT / RESULTS_OF[args.teacher]
+    teacher_eval = json.loads((ROOT / args.teacher / "eval.json").read_text())
     teacher = {s["steps"]: s for s in teacher_eval["systems"] if s["guidance"] == 3.0}
     settings = tuple(Setting("euler", int(k), 3.0) for k in args.steps.split(","))
-    results = json.loads((OUT / "results.json").read_text()) if (OUT / "results.json").is_file() else {}
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     for item in args.students:
         name, path = item.split("=", 1)
         ckpt = resolve_checkpoint(path)
-        where = OUT / name
+        _check_teacher(name, load_model(ckpt)[1], args.teacher)
+        where = out / name
         done = where / "eval.json"
         if done.is_file() and done.stat().st_mtime > ckpt.stat().st_mtime and not args.force:
             result = json.loads(done.read_text())
         else:
             t0 = time.time()
             result = evaluate(str(ckpt), "shapes", args.n, settings, out_dir=where)
-            result["command"] = f"python benchmarks/distill_students.py {name}={path} --n {args.n}"
+            result["command"] = (f"python benchmarks/distill_students.py --teacher {args.teacher} {name}={path} "
+                                 f"--n {args.n}")  # fmt: skip
             result["wall_seconds"] = round(time.time() - t0, 1)
             where.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(result, indent=2) + "\n")
         spec = load_model(ckpt)[1]
         results[name] = {"checkpoint": str(path), "config": spec["training"]["config"],
                          "rows": [_row(name, spec, s, teacher) for s in result["systems"]]}  # fmt: skip
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (OUT / "results.md").write_text(render(results, teacher_eval))
-    print(render(results, teacher_eval))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(render(results, teacher_eval, args.teacher))
+    print(render(results, teacher_eval, args.teacher))
 
 
-def render(results: dict, teacher_eval: dict) -> str:
+def render(results: dict, teacher_eval: dict, teacher: str) -> str:
     lines = [
-        "# Students vs the shipped teacher (shapes, 512 held-out prompts, prompt i with seed i)\n",
+        f"# Students vs {teacher}, their teacher (shapes, 512 held-out prompts, prompt i with seed i)\n",
         f"Domain FID / KID in {teacher_eval['feature_space']}; adherence = the shapes judge's exact check. "
         "ms/image: torch eager, batch 64, 2 CPU threads. NFE counts network evaluations per image.\n",
         "A student **beats the teacher** only with a lower FID *and* at least the teacher's adherence at the same "
@@ -105,7 +121,7 @@ def render(results: dict, teacher_eval: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in teacher_eval["systems"]:
-        lines.append(f"| teacher, Euler, CFG w={s['guidance']:g} | 1,494,755 (1.00) | {s['steps']} | {s['nfe']} | "
+        lines.append(f"| {teacher}, Euler, CFG w={s['guidance']:g} | 1,494,755 (1.00) | {s['steps']} | {s['nfe']} | "
                      f"{s['fid']:.2f} | {1e3 * s['kid_mean']:.2f} | {100 * s['adherence']:.1f}% | | |")  # fmt: skip
     for name, r in results.items():
         for row in r["rows"]:

@@ -1,9 +1,9 @@
 """Baselines of the shipped shapes teacher: domain FID, KID and prompt adherence at 50 steps with CFG and at
 1, 2 and 4 Euler steps (with and without CFG at 1 step). Every student must beat these at equal steps.
 
-    python benchmarks/teacher_baselines.py [--n 512] [--model shapes32-teacher]
+    python benchmarks/teacher_baselines.py [--n 512] [--model shapes32-teacher | shapes32-teacher-v1 | PATH]
 
-Writes benchmarks/results/shapes32-teacher/{eval.json, results.md, samples_*.png}.
+Writes benchmarks/results/MODEL/{eval.json, results.md, samples_*.png} for a shipped MODEL (--out otherwise).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from fewstep.commands.eval import format_table
 from fewstep.evaluation.evaluate import DEFAULT_SETTINGS, evaluate
 
-OUT = Path(__file__).resolve().parent / "results" / "shapes32-teacher"
+ROOT = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -27,8 +27,12 @@ def main() -> None:
     parser.add_argument("--model", default="shapes32-teacher")
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/MODEL for a shipped model")
     args = parser.parse_args()
+    if args.out is None:
+        if "/" in args.model or args.model.endswith(".safetensors"):
+            parser.error("--out is needed for a model path (the default is for shipped model names)")
+        args.out = ROOT / args.model
     torch.set_num_threads(args.threads)
     t0 = time.time()
     result = evaluate(args.model, "shapes", args.n, DEFAULT_SETTINGS, out_dir=args.out)

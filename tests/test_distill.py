@@ -9,7 +9,7 @@ from fewstep.compress.distill import METHODS, DistillConfig, distill
 from fewstep.compress.pairs import PairCache, PairsConfig, build_pairs
 from fewstep.compress.students import init_student, slice_state
 from fewstep.models.checkpoint import CheckpointError
-from fewstep.models.loading import load_model
+from fewstep.models.loading import load_model, model_sha256, model_spec, resolve_checkpoint
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.models.unet_flow import build_unet_flow
 from tests.distill_fixtures import TINY_STUDENT, TINY_TEACHER, make_tiny_teacher
@@ -203,3 +203,14 @@ def test_init_from_a_student_checkpoint_copies_it_and_refuses_another_architectu
         distill(_cfg(tiny, "dmd", init=str(tiny[0])), tmp_path / "bad", progress=False)
     with pytest.raises(ValueError, match="init must be one of"):
         _cfg(tiny, "dmd", init="slice")
+
+
+def test_shipped_students_record_the_first_teacher_the_fine_tuned_one_started_from():
+    """Provenance survives the rename: the students' teacher_sha256 is shapes32-teacher-v1, which is also
+    where the shipped (fine-tuned) teacher started."""
+    v1 = model_sha256(resolve_checkpoint("shapes32-teacher-v1"))
+    for name in ("shapes32-slimflow", "shapes32-progressive-4step", "shapes32-consistency-4step"):
+        assert model_spec(name)["training"]["teacher_sha256"] == v1, name
+    teacher = model_spec("shapes32-teacher")
+    assert teacher["role"] == "teacher" and teacher["training"]["init"]["sha256"] == v1
+    assert model_sha256(resolve_checkpoint("shapes32-teacher")) != v1

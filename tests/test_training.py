@@ -15,7 +15,7 @@ from fewstep.compress.teacher import TeacherConfig, train_teacher
 from fewstep.compress.trainer import LoopConfig, TrainingDivergedError, TrainingLoop, read_metrics
 from fewstep.models.checkpoint import CheckpointError
 from fewstep.models.datasets import ShapesDataset
-from fewstep.models.loading import load_model, save_model
+from fewstep.models.loading import load_model, model_sha256, save_model
 from fewstep.models.unet_flow import build_unet_flow
 
 
@@ -164,3 +164,22 @@ def test_teacher_resume_refuses_a_changed_dataset_before_any_work(tmp_path):
         train_teacher(cfg, tmp_path)
     train_teacher(TeacherConfig(**{**cfg.__dict__, "steps": 2}), tmp_path, resume=True, progress=False)
     assert load_model(tmp_path / "model.safetensors")[1]["training"]["step"] == 2
+
+
+def test_teacher_fine_tune_starts_from_init_weights_and_refuses_another_network(tmp_path):
+    base = TeacherConfig(dataset_size=8, steps=2, batch_size=2, checkpoint_every=2, sample_every=0, preset="student-xs")
+    first = train_teacher(base, tmp_path / "a", progress=False)
+    tuned = train_teacher(
+        TeacherConfig(**{**base.__dict__, "init": str(first), "steps": 1, "lr": 1e-9, "seed": 7}),
+        tmp_path / "b",
+        progress=False,
+    )
+    scratch = train_teacher(TeacherConfig(**{**base.__dict__, "steps": 1, "seed": 7}), tmp_path / "c", progress=False)
+    start, _ = load_model(first)
+    assert load_model(tuned)[1]["training"]["init"] == {"from": str(first), "sha256": model_sha256(first)}
+    for name, model in (("tuned", load_model(tuned)[0]), ("scratch", load_model(scratch)[0])):
+        pairs = zip(model.parameters(), start.parameters(), strict=True)
+        close = all(torch.allclose(p, q, atol=1e-6) for p, q in pairs)
+        assert close == (name == "tuned"), name
+    with pytest.raises(CheckpointError, match="--preset"):
+        train_teacher(TeacherConfig(**{**base.__dict__, "init": str(first), "preset": "student-s"}), tmp_path / "d")

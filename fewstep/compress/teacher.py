@@ -35,7 +35,8 @@ class TeacherConfig:
     text_encoder: str = "minilm"  # 'minilm' (offline, shipped) or a local CLIP directory
     max_tokens: int = 32  # prompt length in tokens, special tokens included
     cond_dropout: float = 0.1  # p of training on the empty prompt, for classifier-free guidance
-    t_sampling: str = "logit_normal"  # logit_normal | uniform
+    t_sampling: str = "logit_normal"  # logit_normal | uniform (more training near t = 1, where layout is decided)
+    init: str | None = None  # start from this teacher checkpoint's weights (a fine-tune); same preset required
     steps: int = 6000
     batch_size: int = 32
     lr: float = 4e-4
@@ -58,7 +59,35 @@ def make_text_encoder(name: str, max_tokens: int) -> TextEncoder:
     return minilm(max_tokens) if name == "minilm" else clip_from_dir(name, max_tokens)
 
 
-def teacher_spec(cfg: TeacherConfig, encoder: TextEncoder, step: int) -> dict:
+def load_init_weights(model: torch.nn.Module, init: str, unet: dict) -> None:
+    """Copy a teacher checkpoint's weights into `model`, refusing a checkpoint of another architecture."""
+    from ..models.checkpoint import CheckpointError
+    from ..models.loading import load_model
+
+    source, spec = load_model(init)
+    if spec.get("kind") != "unet-flow" or spec.get("unet") != unet or spec.get("lora"):
+        raise CheckpointError(
+            f"--init {init}: its network ({spec.get('kind')}, preset {spec.get('preset')!r}) is not the "
+            "configured preset's UNet; pass --preset to match it or start from scratch (no --init)"
+        )
+    model.load_state_dict(source.state_dict())
+
+
+def _init_sha256(init: str, out: Path, resuming: bool) -> str:
+    """Which weights a fine-tune started from: recorded by the run itself once it has saved (a shipped name
+    may come to mean another file later), else the init checkpoint's sha256."""
+    from ..models.checkpoint import read_meta
+    from ..models.loading import model_sha256, resolve_checkpoint
+
+    saved = out / "model.safetensors"
+    if resuming and saved.is_file():
+        recorded = read_meta(saved).get("training", {}).get("init")
+        if recorded:
+            return recorded["sha256"]
+    return model_sha256(resolve_checkpoint(init))
+
+
+def teacher_spec(cfg: TeacherConfig, encoder: TextEncoder, step: int, init_sha256: str | None = None) -> dict:
     preset = get_preset(cfg.preset)
     return {
         "kind": "unet-flow",
@@ -79,7 +108,13 @@ def teacher_spec(cfg: TeacherConfig, encoder: TextEncoder, step: int) -> dict:
             "default_steps": 50,
             "guidance": {"mode": "cfg", "default_scale": cfg.sample_guidance},
         },
-        "training": {"method": "flow_matching", "step": step, "dataset": cfg.dataset, "config": to_dict(cfg)},
+        "training": {
+            "method": "flow_matching",
+            "step": step,
+            "dataset": cfg.dataset,
+            "config": to_dict(cfg),
+            **({"init": {"from": cfg.init, "sha256": init_sha256}} if cfg.init else {}),
+        },
         "created_by": {"fewstep": __version__, "command": "fewstep train-teacher"},
     }
 
@@ -98,6 +133,9 @@ def train_teacher(
     null = encoder.null(1)
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_unet_flow(preset.unet)
+    init_sha256 = _init_sha256(cfg.init, out, resuming) if cfg.init else None
+    if cfg.init and not resuming:  # a resumed run's weights come from its own state file
+        load_init_weights(model, cfg.init, preset.unet)
     # after the resume check: a resumed run records its new target (e.g. more steps), a refused one changes nothing
     head = f"# fewstep {__version__} train-teacher, resolved config{' (resumed)' if resuming else ''}\n"
     atomic_write_text(out / "config.yaml", head + to_yaml(cfg))
@@ -117,7 +155,7 @@ def train_teacher(
         save_png(captioned_grid(to_uint8(x.cpu().numpy()), prompts, nrow=n_seeds), where / f"step_{step:07d}.png")
 
     def save(where: Path, ema: torch.nn.Module, step: int) -> None:
-        save_model(where / "model.safetensors", ema, teacher_spec(cfg, encoder, step))
+        save_model(where / "model.safetensors", ema, teacher_spec(cfg, encoder, step, init_sha256))
 
     loop = TrainingLoop(
         model,
