@@ -86,7 +86,8 @@ def main() -> None:
     for item in args.students:
         name, path = item.split("=", 1)
         ckpt = resolve_checkpoint(path)
-        _check_teacher(name, load_model(ckpt)[1], args.teacher)
+        spec = load_model(ckpt)[1]
+        _check_teacher(name, spec, args.teacher)
         where = out / name
         done = where / "eval.json"
         if done.is_file() and done.stat().st_mtime > ckpt.stat().st_mtime and not args.force:
@@ -99,7 +100,6 @@ def main() -> None:
             result["wall_seconds"] = round(time.time() - t0, 1)
             where.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(result, indent=2) + "\n")
-        spec = load_model(ckpt)[1]
         results[name] = {"checkpoint": str(path), "config": spec["training"]["config"],
                          "rows": [_row(name, spec, s, teacher) for s in result["systems"]]}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

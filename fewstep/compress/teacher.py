@@ -65,7 +65,7 @@ def load_init_weights(model: torch.nn.Module, init: str, unet: dict) -> None:
     from ..models.loading import load_model
 
     source, spec = load_model(init)
-    if spec.get("kind") != "unet-flow" or spec.get("unet") != unet or spec.get("lora"):
+    if spec.get("kind") != "unet-flow" or spec.get("unet") != unet:
         raise CheckpointError(
             f"--init {init}: its network ({spec.get('kind')}, preset {spec.get('preset')!r}) is not the "
             "configured preset's UNet; pass --preset to match it or start from scratch (no --init)"
