@@ -166,7 +166,7 @@ def test_teacher_resume_refuses_a_changed_dataset_before_any_work(tmp_path):
     assert load_model(tmp_path / "model.safetensors")[1]["training"]["step"] == 2
 
 
-def test_teacher_fine_tune_starts_from_init_weights_and_refuses_another_network(tmp_path):
+def test_teacher_fine_tune_starts_from_init_weights_and_refuses_another_network_or_encoder(tmp_path):
     base = TeacherConfig(dataset_size=8, steps=2, batch_size=2, checkpoint_every=2, sample_every=0, preset="student-xs")
     first = train_teacher(base, tmp_path / "a", progress=False)
     tuned = train_teacher(
@@ -183,3 +183,5 @@ def test_teacher_fine_tune_starts_from_init_weights_and_refuses_another_network(
         assert close == (name == "tuned"), name
     with pytest.raises(CheckpointError, match="--preset"):
         train_teacher(TeacherConfig(**{**base.__dict__, "init": str(first), "preset": "student-s"}), tmp_path / "d")
+    with pytest.raises(CheckpointError, match="text encoder"):
+        train_teacher(TeacherConfig(**{**base.__dict__, "init": str(first), "max_tokens": 48}), tmp_path / "e")

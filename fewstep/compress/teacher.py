@@ -59,8 +59,8 @@ def make_text_encoder(name: str, max_tokens: int) -> TextEncoder:
     return minilm(max_tokens) if name == "minilm" else clip_from_dir(name, max_tokens)
 
 
-def load_init_weights(model: torch.nn.Module, init: str, unet: dict) -> None:
-    """Copy a teacher checkpoint's weights into `model`, refusing a checkpoint of another architecture."""
+def load_init_weights(model: torch.nn.Module, init: str, unet: dict, text_encoder: dict) -> None:
+    """Copy a teacher checkpoint's weights into `model`, refusing one of another network or text encoder."""
     from ..models.checkpoint import CheckpointError
     from ..models.loading import load_model
 
@@ -69,6 +69,11 @@ def load_init_weights(model: torch.nn.Module, init: str, unet: dict) -> None:
         raise CheckpointError(
             f"--init {init}: its network ({spec.get('kind')}, preset {spec.get('preset')!r}) is not the "
             "configured preset's UNet; pass --preset to match it or start from scratch (no --init)"
+        )
+    if spec.get("text_encoder") != text_encoder:
+        raise CheckpointError(
+            f"--init {init}: it was trained on another text encoder ({spec.get('text_encoder')}); pass the same "
+            "--text-encoder and --max-tokens, or start from scratch (no --init)"
         )
     model.load_state_dict(source.state_dict())
 
@@ -128,14 +133,14 @@ def train_teacher(
     out.mkdir(parents=True, exist_ok=True)
     preset = get_preset(cfg.preset)
     encoder = make_text_encoder(cfg.text_encoder, cfg.max_tokens)
-    dataset = make_dataset(cfg.dataset, preset.image_size, cfg.data_seed, cfg.dataset_size, cfg.data_path)
-    data = EncodedDataset.build(dataset, encoder, cache=out / "data_cache.safetensors")
-    null = encoder.null(1)
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_unet_flow(preset.unet)
     init_sha256 = _init_sha256(cfg.init, out, resuming) if cfg.init else None
-    if cfg.init and not resuming:  # a resumed run's weights come from its own state file
-        load_init_weights(model, cfg.init, preset.unet)
+    if cfg.init and not resuming:  # before the data work: a wrong init fails at once; resumes load their state
+        load_init_weights(model, cfg.init, preset.unet, encoder.spec)
+    dataset = make_dataset(cfg.dataset, preset.image_size, cfg.data_seed, cfg.dataset_size, cfg.data_path)
+    data = EncodedDataset.build(dataset, encoder, cache=out / "data_cache.safetensors")
+    null = encoder.null(1)
     # after the resume check: a resumed run records its new target (e.g. more steps), a refused one changes nothing
     head = f"# fewstep {__version__} train-teacher, resolved config{' (resumed)' if resuming else ''}\n"
     atomic_write_text(out / "config.yaml", head + to_yaml(cfg))
