@@ -205,12 +205,14 @@ def test_init_from_a_student_checkpoint_copies_it_and_refuses_another_architectu
         _cfg(tiny, "dmd", init="slice")
 
 
-def test_shipped_students_record_the_first_teacher_the_fine_tuned_one_started_from():
-    """Provenance survives the rename: the students' teacher_sha256 is shapes32-teacher-v1, which is also
-    where the shipped (fine-tuned) teacher started."""
+def test_shipped_students_record_the_teacher_they_were_distilled_from():
+    """Provenance survives the rename: the first students' teacher_sha256 is shapes32-teacher-v1 (where the
+    fine-tuned teacher started); the re-shipped consistency student is the fine-tuned teacher's."""
     v1 = model_sha256(resolve_checkpoint("shapes32-teacher-v1"))
-    for name in ("shapes32-slimflow", "shapes32-progressive-4step", "shapes32-consistency-4step"):
+    v2 = model_sha256(resolve_checkpoint("shapes32-teacher"))
+    for name in ("shapes32-slimflow", "shapes32-progressive-4step"):
         assert model_spec(name)["training"]["teacher_sha256"] == v1, name
+    assert model_spec("shapes32-consistency-4step")["training"]["teacher_sha256"] == v2
     teacher = model_spec("shapes32-teacher")
     assert teacher["role"] == "teacher" and teacher["training"]["init"]["sha256"] == v1
-    assert model_sha256(resolve_checkpoint("shapes32-teacher")) != v1
+    assert v2 != v1
