@@ -30,12 +30,12 @@ RESULTS_OF = {"shapes32-teacher": "distill-v2", "shapes32-teacher-v1": "distill"
 SHAPES_TEACHER_PARAMS = 1_494_755
 
 
-def _check_teacher(name: str, spec: dict, teacher: str) -> None:
+def _check_teacher(name: str, spec: dict, teacher: str, shas: dict[str, str]) -> None:
     """Refuse a student distilled from the other shipped teacher: its baselines would be the wrong ones.
     (InstaFlow's teacher is a reflow student, not a shipped teacher: it is compared with the chosen one.)"""
     used = spec["training"].get("teacher_sha256")
-    for other in RESULTS_OF:
-        if other != teacher and used == model_sha256(SHIPPED[other]):
+    for other, sha in shas.items():
+        if other != teacher and used == sha:
             raise SystemExit(f"{name} was distilled from {other}; evaluate it with --teacher {other}")
 
 
@@ -83,11 +83,12 @@ def main() -> None:
     teacher = {s["steps"]: s for s in teacher_eval["systems"] if s["guidance"] == 3.0}
     settings = tuple(Setting("euler", int(k), 3.0) for k in args.steps.split(","))
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    shas = {name: model_sha256(SHIPPED[name]) for name in RESULTS_OF}  # hashed once, not per student
     for item in args.students:
         name, path = item.split("=", 1)
         ckpt = resolve_checkpoint(path)
         spec = load_model(ckpt)[1]
-        _check_teacher(name, spec, args.teacher)
+        _check_teacher(name, spec, args.teacher, shas)
         where = out / name
         done = where / "eval.json"
         if done.is_file() and done.stat().st_mtime > ckpt.stat().st_mtime and not args.force:

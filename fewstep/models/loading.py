@@ -18,7 +18,7 @@ from .model_kinds import KINDS, build_model
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED = {
     "shapes32-teacher": WEIGHTS_DIR / "shapes32-teacher.safetensors",
-    # the first teacher (10k steps, logit-normal t): the shipped students were distilled from it
+    # the first teacher (10k steps, logit-normal t): shapes32-slimflow and -progressive-4step were distilled from it
     "shapes32-teacher-v1": WEIGHTS_DIR / "shapes32-teacher-v1.safetensors",
     "shapes32-progressive-4step": WEIGHTS_DIR / "shapes32-progressive-4step.safetensors",
     "shapes32-slimflow": WEIGHTS_DIR / "shapes32-slimflow.safetensors",
