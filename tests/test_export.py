@@ -410,3 +410,26 @@ def test_generator_splits_requests_to_the_engines_largest_batch(cfg_bundle):
     with pytest.raises(ValueError, match="CFG needs 2"):
         gen.generate(prompts[:1], seeds[:1], guidance=3.0)
     assert gen.generate(prompts[:1], seeds[:1], guidance=1.0).shape[0] == 1
+
+
+def test_openvino_static_batch_sizes_match_the_dynamic_model_and_stay_bounded(cfg_bundle):
+    """OpenVINO runs static copies of the model at power-of-two batch sizes (padded rows dropped): the same
+    images as the dynamic model, a bounded set of compiled sizes, and `prepare` compiling them ahead of time."""
+    root, _ = cfg_bundle
+    prompts, seeds = [f"a blue square number {i}" for i in range(3)], [3, 4, 5]
+    dynamic = Generator.from_bundle(root, engine="openvino-fp32", static_shapes=False)
+    static = Generator.from_bundle(root, engine="openvino-fp32")
+    assert dynamic.denoiser.compiled_batches == [None] and static.denoiser.compiled_batches == [1]
+    ref = dynamic.generate(prompts, seeds, guidance=3.0)
+    out = static.generate(prompts, seeds, guidance=3.0)  # CFG: 6 rows per call, run at 8
+    assert out.shape == ref.shape and np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    assert static.denoiser.compiled_batches == [1, 8]
+    static.prepare(2)  # 2 images with CFG: up to 4 rows
+    assert sorted(static.denoiser.compiled_batches) == [1, 2, 4, 8]
+    small = Generator.from_bundle(root, engine="openvino-fp32", max_shapes=2)
+    small.prepare(8)
+    assert small.denoiser.compiled_batches == [8, 16]  # the largest sizes kept, least recently used dropped
+    np.testing.assert_allclose(small.generate(prompts[:1], seeds[:1]).astype(float), ref[:1].astype(float), atol=1)
+    assert small.denoiser.compiled_batches == [16, 2]  # one image with CFG: 2 rows
+    with pytest.raises(ValueError, match="max_shapes"):
+        Generator.from_bundle(root, engine="openvino-fp32", max_shapes=0)

@@ -193,6 +193,15 @@ class Generator:
                              f"{rows}: use guidance 1 or re-export with a larger max_batch")  # fmt: skip
         return min(batch_size, limit // rows)
 
+    def prepare(self, images: int, guidance: float | None = None) -> None:
+        """Get the engine ready for calls of up to `images` images (OpenVINO compiles its static batch sizes
+        here instead of at the first request that needs one); engines without shape preparation ignore it."""
+        prepare = getattr(self.denoiser, "prepare", None)
+        if prepare is not None:
+            w = resolve_guidance(self.sampler, guidance)
+            rows = 2 if self.guidance_mode == "cfg" and w != 1.0 else 1
+            prepare(self.images_per_call(images, w) * rows)
+
     def generate_float(
         self,
         prompts: list[str],

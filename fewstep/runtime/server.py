@@ -96,6 +96,7 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
 
     @asynccontextmanager
     async def lifespan(_app):
+        gen.prepare(config.max_batch)  # e.g. OpenVINO's static batch sizes, compiled before /readyz says ready
         batcher.start()
         state["accepting"] = True
         yield
