@@ -3,9 +3,10 @@
     python benchmarks/runtime_serving.py          # exports the two shipped students if their bundles are missing
 
 1. runtime end to end vs bare engine calls (runtime overhead), 4-step student, batch 1;
-2. runtime vs the torch student run like a diffusers pipeline (torch eager + torch text encoder), batch 1;
+2. runtime vs the torch student run like a diffusers pipeline (torch eager + torch text encoder), batch 1, with
+   the engine the runtime picks by default and with each engine of --runtime-engines pinned;
 3. the 1-step student end to end vs the 50-step CFG teacher in torch, batch 1;
-4. cold start: process start -> first image;
+4. cold start: process start -> first image (default engine, then each of --runtime-engines);
 5. server throughput at concurrency 8 with micro-batching vs without (max batch 1): `fewstep serve` as users
    run it (each server times the bundle's engines at its own max batch and serves the fastest: the batched and
    the unbatched server may pick different engines, both recorded), then with each engine of --serve-engines
@@ -76,27 +77,32 @@ def one_request_inputs(gen, prompt: str) -> dict[str, np.ndarray]:
     return {"x": x, "t": t, **cond}
 
 
-def runtime_vs_bare_and_torch(bundle: Path, runs: int) -> dict:
+def runtime_vs_bare_and_torch(bundle: Path, runs: int, pinned: tuple[str, ...] = ()) -> dict:
+    """The default engine's row, plus one row per engine id in `pinned` (`Generator.from_bundle(engine=...)`),
+    each against the same torch pipeline timing."""
     import torch
 
     from fewstep.models.pipeline import TorchPipeline
     from fewstep.runtime import Generator
 
-    gen = Generator.from_bundle(bundle)
-    steps = len(gen.sampler["timesteps"]) - 1
-    inputs = one_request_inputs(gen, PROMPT)
     seeds = iter(range(10**6))
-    end_to_end = timed(lambda: gen.generate([PROMPT], [next(seeds)]), runs)
-    bare = timed(lambda: [gen.denoiser.run(inputs) for _ in range(steps)], runs)
+    rows = []
+    for engine in (None, *pinned):
+        gen = Generator.from_bundle(bundle, engine=engine)
+        steps = len(gen.sampler["timesteps"]) - 1
+        inputs = one_request_inputs(gen, PROMPT)
+        end_to_end = timed(lambda g=gen: g.generate([PROMPT], [next(seeds)]), runs)
+        bare = timed(lambda g=gen, i=inputs, n=steps: [g.denoiser.run(i) for _ in range(n)], runs)
+        rows.append({"engine": gen.engine_entry["id"], "pinned": engine is not None, "steps": steps,
+                     "runtime_ms": ms(end_to_end), "bare_engine_calls_ms": ms(bare),
+                     "runtime_overhead": round(ms(end_to_end) / ms(bare) - 1, 3)})  # fmt: skip
+        del gen
     torch.set_num_threads(2)
-    pipe = TorchPipeline.from_checkpoint(gen.manifest["model"]["source"])
-    torch_s = timed(lambda: pipe.generate([PROMPT], [next(seeds)]), runs)
-    return {
-        "bundle": str(bundle), "engine": gen.engine_entry["id"], "steps": steps,
-        "runtime_ms": ms(end_to_end), "bare_engine_calls_ms": ms(bare),
-        "runtime_overhead": round(ms(end_to_end) / ms(bare) - 1, 3),
-        "torch_student_ms": ms(torch_s), "runtime_speedup_vs_torch": round(ms(torch_s) / ms(end_to_end), 2),
-    }  # fmt: skip
+    pipe = TorchPipeline.from_checkpoint(Generator.from_bundle(bundle).manifest["model"]["source"])
+    torch_ms = ms(timed(lambda: pipe.generate([PROMPT], [next(seeds)]), runs))
+    for row in rows:
+        row.update(torch_student_ms=torch_ms, runtime_speedup_vs_torch=round(torch_ms / row["runtime_ms"], 2))
+    return {"bundle": str(bundle), **rows[0], "pinned_engines": rows[1:]}
 
 
 def one_step_vs_teacher(bundle: Path, runs: int) -> dict:
@@ -115,10 +121,11 @@ def one_step_vs_teacher(bundle: Path, runs: int) -> dict:
             "teacher_50_step_cfg_ms": ms(teacher_s), "speedup": round(ms(teacher_s) / ms(student), 1)}  # fmt: skip
 
 
-def cold(bundle: Path) -> dict:
+def cold(bundle: Path, pinned: tuple[str, ...] = ()) -> dict:
+    """Cold start of the default engine, and of each engine in `pinned` under "pinned_engines"."""
     from fewstep.runtime.bench import cold_start
 
-    return cold_start(bundle, runs=3)
+    return {**cold_start(bundle, runs=3), "pinned_engines": [cold_start(bundle, e, runs=3) for e in pinned]}
 
 
 class Server:
@@ -222,18 +229,24 @@ def main() -> None:
     parser.add_argument("--bundles", default="runs/bench-runtime")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument(
+        "--runtime-engines",
+        default="openvino-int8",
+        help="engines to pin for the runtime-vs-torch and cold-start rows besides the default one (comma-separated)",
+    )
+    parser.add_argument(
         "--serve-engines",
         default="onnx-int8-ort,openvino-int8",
         help="engines to pin on both servers and measure the batching gain on (comma-separated)",
     )
     args = parser.parse_args()
     root = Path(args.bundles)
+    pinned = tuple(e for e in args.runtime_engines.split(",") if e)
     four, one = ensure_bundle("shapes32-progressive-4step", root), ensure_bundle("shapes32-slimflow", root)
     result = {
         "machine": machine(),
-        "runtime": runtime_vs_bare_and_torch(four, args.runs),
+        "runtime": runtime_vs_bare_and_torch(four, args.runs, pinned),
         "one_step_vs_teacher": one_step_vs_teacher(one, args.runs),
-        "cold_start": cold(four),
+        "cold_start": cold(four, pinned),
         "serving": serving(four, tuple(e for e in args.serve_engines.split(",") if e)),
         "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
