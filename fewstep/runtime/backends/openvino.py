@@ -1,12 +1,12 @@
 """OpenVINO backend (CPU here; GPU/NPU devices where the OpenVINO install has them).
 
 Static shapes: OpenVINO runs a model compiled for one fixed shape much faster than the same model compiled
-with a dynamic batch (shape inference and memory planning per call; on this CPU the 4-step student's int8 denoiser
-was 15-25% faster end to end, `benchmarks/openvino_static_shapes.py`). But each compilation takes ~0.8 s here, so
-the engine compiles static copies for power-of-two batch sizes only (1, 2, 4, 8, ...), pads a batch up to the next
-one (padding rows repeat the last row; their outputs are dropped), keeps the `max_shapes` most recently used and
-compiles on a miss; `prepare(rows)` compiles every size up to `rows` ahead of time (the server does so before it
-reports ready). `static_shapes=False` compiles the dynamic model once instead.
+with a dynamic batch (shape inference and memory planning per call; on this CPU the 4-step student's int8
+engine ran 1.22-1.29x faster end to end at batch 1 and 8, `benchmarks/openvino_static_shapes.py`). But each
+compilation takes ~0.8 s here, so the engine compiles static copies for power-of-two batch sizes only (1, 2, 4,
+8, ...), pads a batch up to the next one (padding rows repeat the last row; their outputs are dropped), keeps the
+`max_shapes` most recently used and compiles on a miss; `prepare(rows)` compiles every size up to `rows` ahead
+of time (the server does so before it reports ready). `static_shapes=False` compiles the dynamic model once.
 """
 
 from __future__ import annotations
