@@ -187,7 +187,7 @@ class Generator:
         limit = getattr(self.denoiser, "max_batch", None)
         if limit is None:
             return batch_size
-        rows = 2 if self.guidance_mode == "cfg" and guidance != 1.0 else 1
+        rows = self.rows_per_image(guidance)
         if limit < rows:
             raise ValueError(f"engine {self.engine_entry['id']} takes at most {limit} row(s) per call; CFG needs "
                              f"{rows}: use guidance 1 or re-export with a larger max_batch")  # fmt: skip
@@ -199,8 +199,11 @@ class Generator:
         prepare = getattr(self.denoiser, "prepare", None)
         if prepare is not None:
             w = resolve_guidance(self.sampler, guidance)
-            rows = 2 if self.guidance_mode == "cfg" and w != 1.0 else 1
-            prepare(self.images_per_call(images, w) * rows)
+            prepare(self.images_per_call(images, w) * self.rows_per_image(w))
+
+    def rows_per_image(self, guidance: float) -> int:
+        """Engine rows per image in one denoiser call: a CFG step sends the conditional and unconditional row."""
+        return 2 if self.guidance_mode == "cfg" and guidance != 1.0 else 1
 
     def generate_float(
         self,
