@@ -433,3 +433,24 @@ def test_openvino_static_batch_sizes_match_the_dynamic_model_and_stay_bounded(cf
     assert small.denoiser.compiled_batches == [16, 2]  # one image with CFG: 2 rows
     with pytest.raises(ValueError, match="max_shapes"):
         Generator.from_bundle(root, engine="openvino-fp32", max_shapes=0)
+
+
+def test_openvino_compiled_model_cache_is_reused_by_a_later_load(cfg_bundle, tmp_path, monkeypatch):
+    """With a cache directory the first load stores the compiled shape; a later load (here through the environment
+    variable) imports it: no new blob, the same images. An unusable directory is a clear error."""
+    root, _ = cfg_bundle
+    cache = tmp_path / "ov-cache"
+    first = Generator.from_bundle(root, engine="openvino-fp32", cache_dir=str(cache))
+    assert first.denoiser.cache_dir == str(cache) and len(list(cache.iterdir())) == 1  # the batch-1 shape
+    ref = first.generate(["a red circle"], [7])  # CFG: 2 rows, a second shape
+    blobs = sorted(p.name for p in cache.iterdir())
+    assert len(blobs) == 2
+    monkeypatch.setenv("FEWSTEP_OPENVINO_CACHE_DIR", str(cache))
+    again = Generator.from_bundle(root, engine="openvino-fp32")
+    assert sorted(p.name for p in cache.iterdir()) == blobs
+    np.testing.assert_array_equal(again.generate(["a red circle"], [7]), ref)
+    monkeypatch.delenv("FEWSTEP_OPENVINO_CACHE_DIR")
+    assert Generator.from_bundle(root, engine="openvino-fp32").denoiser.cache_dir is None
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="cache directory"):
+        Generator.from_bundle(root, engine="openvino-fp32", cache_dir=str(tmp_path / "a-file" / "cache"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .run_flags import count
 
@@ -10,7 +11,8 @@ HELP = "serve a bundle over HTTP: /v1/generate, OpenAI-style /v1/images/generati
 EPILOG = """examples:
   fewstep serve bundles/prog4                               # http://127.0.0.1:8000/ (web page), /docs (API)
   fewstep serve bundles/prog4 --host 0.0.0.0 --port 9000 --max-batch 16 --max-wait-ms 5
-  curl -s localhost:8000/v1/generate -H 'content-type: application/json' \
+  fewstep serve bundles/prog4 --engine openvino-int8 --engine-cache ~/.cache/fewstep/ov   # faster restarts
+  curl -s localhost:8000/v1/generate -H 'content-type: application/json' \\
        -d '{"prompt": "a red circle", "seed": 1}' -o a.png
 
 Concurrent requests with the same settings are micro-batched into one engine call (--max-batch images,
@@ -49,6 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=count(1), default=64, help="waiting requests before 429 (default 64)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504 (default 30)")
     p.add_argument("--max-images", type=count(1), default=4, help="images per request, n (default 4)")
+    p.add_argument(
+        "--engine-cache",
+        metavar="DIR",
+        help="OpenVINO engines: keep compiled shapes in DIR so that a restart imports them instead of compiling "
+        "(first image 0.88 s instead of 1.40 s here; ~3 MB per shape). Same as FEWSTEP_OPENVINO_CACHE_DIR",
+    )
     p.set_defaults(run=run)
 
 
@@ -58,9 +66,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ImportError("fewstep serve needs `pip install 'fewstep[serve]'` (fastapi, uvicorn)") from e
     from ..runtime import Generator
+    from ..runtime.backends.openvino import CACHE_ENV
     from ..runtime.bundle import read_manifest
     from ..runtime.server import ServeConfig, create_app
 
+    if args.engine_cache:
+        os.environ[CACHE_ENV] = args.engine_cache  # also seen by the engine-timing subprocess
     config = ServeConfig(args.max_batch, args.max_wait_ms, args.max_queue, args.timeout, args.max_images)
     threads = args.threads or None
     engine = args.engine
