@@ -451,6 +451,8 @@ def test_openvino_compiled_model_cache_is_reused_by_a_later_load(cfg_bundle, tmp
     np.testing.assert_array_equal(again.generate(["a red circle"], [7]), ref)
     monkeypatch.delenv("FEWSTEP_OPENVINO_CACHE_DIR")
     assert Generator.from_bundle(root, engine="openvino-fp32").denoiser.cache_dir is None
+    with pytest.raises(ValueError, match="onnxruntime engines take no option cache_dir"):
+        Generator.from_bundle(root, cache_dir=str(cache))  # the default engine is ONNX Runtime's
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ValueError, match="cache directory"):
         Generator.from_bundle(root, engine="openvino-fp32", cache_dir=str(tmp_path / "a-file" / "cache"))

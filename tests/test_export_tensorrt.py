@@ -471,3 +471,17 @@ def test_torch_tensorrt_fp16_module_matches_torch(denoiser, tmp_path):
         with torch.no_grad():
             v = module(*(torch.from_numpy(feed[n]).cuda() for n in denoiser.input_names)).float().cpu().numpy()
         assert _max_rel_err(v, _torch_v(denoiser, feed)) < 2e-2
+
+
+def test_every_backend_takes_the_options_the_generator_always_passes():
+    """Generator.from_bundle passes `threads` to whichever backend it loads; an option a backend does not take is
+    a clear ValueError naming what it does take (not a TypeError read as a malformed manifest)."""
+    import importlib
+    import inspect
+
+    from fewstep.runtime.backends import BACKENDS, load_engine
+
+    for name, module in BACKENDS.items():
+        assert "threads" in inspect.signature(importlib.import_module(module).open_engine).parameters, name
+    with pytest.raises(ValueError, match=r"tensorrt engines take no option cache_dir .*device, threads"):
+        load_engine("tensorrt", "engine.plan", {}, cache_dir="x")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from ..engine import BackendUnavailable, Engine
@@ -20,4 +21,10 @@ def load_engine(backend: str, path: Path, entry: dict, **options) -> Engine:
     if backend not in BACKENDS:
         raise BackendUnavailable(f"no runtime backend {backend!r}; known: {', '.join(BACKENDS)}")
     module = importlib.import_module(BACKENDS[backend])
+    accepted = set(inspect.signature(module.open_engine).parameters) - {"path", "entry"}
+    if unknown := sorted(set(options) - accepted):
+        # a ValueError, not a TypeError: Generator reads TypeErrors while loading as a malformed manifest
+        raise ValueError(f"{backend} engines take no option {', '.join(unknown)} (they take: "
+                         f"{', '.join(sorted(accepted))}); pin an engine of the backend the option is for, "
+                         f"e.g. engine='openvino-int8' or backend='openvino'")  # fmt: skip
     return module.open_engine(path, entry, **options)

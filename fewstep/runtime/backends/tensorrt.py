@@ -188,5 +188,7 @@ class TensorRTEngine:
         return f"TensorRTEngine({str(self.path)!r}, batch {low}..{high})"
 
 
-def open_engine(path: Path, entry: dict, device: int = 0) -> TensorRTEngine:
+def open_engine(path: Path, entry: dict, device: int = 0, threads: int | None = None) -> TensorRTEngine:
+    """`threads` is accepted and unused: the Generator passes its CPU thread count to every backend, and a
+    TensorRT engine runs on the GPU."""
     return TensorRTEngine(path, entry.get("inputs"), entry.get("outputs"), device)
