@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,16 +60,28 @@ def run_ok(args: list[str], **kw) -> float:
     return seconds
 
 
-def kill_after(args: list[str], delay_s: float) -> Attempt:
-    """Start `fewstep ARGS`, SIGKILL it after `delay_s` unless it finished first."""
-    p = subprocess.Popen([*COMMAND, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
-    try:
-        out, _ = p.communicate(timeout=delay_s)
-        return Attempt(False, delay_s, out, p.returncode)
-    except subprocess.TimeoutExpired:
-        p.send_signal(signal.SIGKILL)
-        out, _ = p.communicate()
-        return Attempt(True, delay_s, out, None)
+def kill_after(args: list[str], delay_s: float, out: Path | None = None) -> Attempt:
+    """Start `fewstep ARGS`, SIGKILL it once `delay_s` has passed and (given `out`) a finished file exists under `out`,
+    unless it ended first. Waiting for an output keeps a kill out of interpreter start-up, where it tests nothing:
+    on a loaded machine start-up alone can outlast a delay drawn from the reference run's length."""
+    with tempfile.TemporaryFile("w+") as log:
+        p = subprocess.Popen([*COMMAND, *args], stdout=log, stderr=subprocess.STDOUT, text=True, env=_env())
+        t0 = time.perf_counter()
+        while p.poll() is None and not (time.perf_counter() - t0 >= delay_s and _has_output(out)):
+            time.sleep(0.02)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        after_s = time.perf_counter() - t0
+        returncode = p.wait()
+        log.seek(0)
+        killed = returncode == -signal.SIGKILL  # not `poll() is None`: the run may end between poll and kill
+        return Attempt(killed, after_s, log.read(), None if killed else returncode)
+
+
+def _has_output(out: Path | None) -> bool:
+    if out is None:
+        return True
+    return out.exists() and any(f.is_file() and not is_temp(f) for f in out.rglob("*"))
 
 
 def kill_repeatedly(first: list[str], again: list[str], duration_s: float, out: Path, seed: int,
@@ -80,7 +93,7 @@ def kill_repeatedly(first: list[str], again: list[str], duration_s: float, out: 
     log = KillLog()
     args = first
     for _ in range(KILLS):
-        attempt = kill_after(args, rng.uniform(0.2, 0.9) * duration_s)
+        attempt = kill_after(args, rng.uniform(0.2, 0.9) * duration_s, out)
         log.attempts.append(attempt)
         if not attempt.killed:
             assert attempt.returncode == 0, attempt.output[-3000:]
