@@ -22,6 +22,8 @@ SHIPPED = {
     "shapes32-teacher-v1": WEIGHTS_DIR / "shapes32-teacher-v1.safetensors",
     "shapes32-progressive-4step": WEIGHTS_DIR / "shapes32-progressive-4step.safetensors",
     "shapes32-slimflow": WEIGHTS_DIR / "shapes32-slimflow.safetensors",
+    # SlimFlow into the 0.25x student-s from the fine-tuned teacher, 3x the v1 recipe's steps: the best SlimFlow student
+    "shapes32-slimflow-v2": WEIGHTS_DIR / "shapes32-slimflow-v2.safetensors",
     "shapes32-consistency-4step": WEIGHTS_DIR / "shapes32-consistency-4step.safetensors",
     "shapes32-judge": WEIGHTS_DIR / "shapes32-judge.safetensors",
     "digits32-judge": WEIGHTS_DIR / "digits32-judge.safetensors",
