@@ -81,7 +81,10 @@ def kill_after(args: list[str], delay_s: float, out: Path | None = None) -> Atte
 def _has_output(out: Path | None) -> bool:
     if out is None:
         return True
-    return out.exists() and any(f.is_file() and not is_temp(f) for f in out.rglob("*"))
+    try:
+        return any(f.is_file() and not is_temp(f) for f in out.rglob("*"))
+    except OSError:  # a directory renamed or removed during the walk: look again at the next poll
+        return False
 
 
 def kill_repeatedly(first: list[str], again: list[str], duration_s: float, out: Path, seed: int,
