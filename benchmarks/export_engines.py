@@ -133,8 +133,8 @@ def markdown(results: list[dict], machine: str, threads: int) -> str:
     for r in results:
         lines += [f"## {r['model']} ({r['params']:,} params, {r['sampler']['rule']} "
                   f"{r['sampler']['default_steps']} step(s))", "",
-                  *([f"Measured {r['measured']} (`--models {r['model']}`); timings compare within this table.", ""]
-                    if "measured" in r else []),
+                  *([f"Measured {r['measured']} (`--models {r['model']}`){_elsewhere(r, machine)}; timings compare "
+                     "within this table.", ""] if "measured" in r else []),
                   "| engine | MB | size vs fp32 | PSNR dB | domain FID | adherence | ms b1 | ms b8 | x fp32 b1 | "
                   "x fp32 b8 | speed gate |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -159,6 +159,12 @@ def markdown(results: list[dict], machine: str, threads: int) -> str:
                          f"{f('speedup_vs_fp32_b1')} | {f('speedup_vs_fp32_b8')} | {verdict} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _elsewhere(entry: dict, machine: str) -> str:
+    """Names the machine of an entry measured on another CPU than the file's (VMs of one kind differ in ISA)."""
+    other = entry.get("machine", machine)
+    return "" if other == machine else f" on {other}"
 
 
 def cpu_name() -> str:
@@ -187,8 +193,11 @@ def main() -> None:
     machine = f"{cpu_name()}, {os.cpu_count()} cores"
     out = Path(args.out)
     # a model measured now replaces its earlier entry; the other models' entries (each timed within itself) stay
-    earlier = json.loads((out / "results.json").read_text())["results"] if (out / "results.json").is_file() else []
-    fresh = {m: measure(m, Path(args.bundles), args.n, args.runs, args.threads) for m in args.models}
+    saved = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    earlier, here = saved.get("results", []), machine
+    machine = saved.get("machine", machine)  # the file's machine: that of its first measurement
+    fresh = {m: {**measure(m, Path(args.bundles), args.n, args.runs, args.threads), "machine": here}
+             for m in args.models}  # fmt: skip
     results = [fresh.pop(r["model"], r) for r in earlier] + list(fresh.values())
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"machine": machine, "threads": args.threads,
