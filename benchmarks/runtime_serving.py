@@ -218,7 +218,7 @@ def serving(bundle: Path, other_engines: tuple[str, ...]) -> dict:
         before = s.rss_mb()
         result["load_test"] = load(s.url, 2000, 48)  # the same again: is memory flat once every path ran?
         result["load_test"].update(
-            rss_mb_at_start=round(started, 1), first_round_status=first["status"],
+            engine=s.engine, rss_mb_at_start=round(started, 1), first_round_status=first["status"],
             rss_mb_before=round(before, 1), rss_mb_after=round(s.rss_mb(), 1),
         )  # fmt: skip
     return result

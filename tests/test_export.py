@@ -435,6 +435,30 @@ def test_openvino_static_batch_sizes_match_the_dynamic_model_and_stay_bounded(cf
         Generator.from_bundle(root, engine="openvino-fp32", max_shapes=0)
 
 
+@pytest.mark.parametrize("static_shapes", [True, False])
+def test_openvino_shared_inputs_are_read_not_kept_or_written(cfg_bundle, static_shapes):
+    """The OpenVINO engine hands its numpy inputs to the request without copying (`share_inputs`): a call must
+    leave them as they were, and one call's inputs must not linger into the next (an array changed in place
+    between calls gives the new result; the earlier output, already copied out, stays as it was)."""
+    root, _ = cfg_bundle
+    engine = Generator.from_bundle(root, engine="openvino-fp32", static_shapes=static_shapes).denoiser
+    rng = np.random.default_rng(0)
+    shapes = {k: [1 if d == "B" else int(d) for d in s["shape"]] for k, s in engine.inputs.items()}
+    feed = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
+    feed["t"] = np.full(1, 0.7, np.float32)
+    before = {k: v.copy() for k, v in feed.items()}
+    first = engine.run(feed)
+    assert all(np.array_equal(feed[k], before[k]) for k in feed)
+    kept = {k: v.copy() for k, v in first.items()}
+    feed["x"] *= -1  # the same array object, new values
+    second = engine.run(feed)
+    fresh = engine.run({k: v.copy() for k, v in feed.items()})
+    for k in first:
+        np.testing.assert_array_equal(first[k], kept[k])
+        np.testing.assert_allclose(second[k], fresh[k], atol=1e-6)
+        assert not np.allclose(second[k], first[k])
+
+
 def test_openvino_compiled_model_cache_is_reused_by_a_later_load(cfg_bundle, tmp_path, monkeypatch):
     """With a cache directory the first load stores the compiled shape; a later load (here through the environment
     variable) imports it: no new blob, the same images. An unusable directory is a clear error."""
