@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"  # `.NAME.RANDOM.tmp`: what a kill during a write leaves behind
+# safetensors (Rust `tempfile` crate) writes `.tmpXXXXXX` beside its target and renames it: a kill inside
+# save_file leaves that name, not ours
+_LIBRARY_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
@@ -70,11 +74,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def is_stale_temp(path: Path) -> bool:
+    """True for a temp file of an unfinished atomic write: ours, or the one safetensors makes inside it."""
+    name = path.name
+    return (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)) or bool(_LIBRARY_TEMP.fullmatch(name))
+
+
 def remove_stale_temps(directory: str | Path) -> int:
     """Delete the temp files that killed writes left in `directory` (call only where one process writes)."""
     n = 0
-    for p in Path(directory).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
-        if p.is_file():
+    for p in Path(directory).iterdir():
+        if is_stale_temp(p) and p.is_file():
             p.unlink(missing_ok=True)
             n += 1
     return n

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewstep.fsio import TEMP_PREFIX, TEMP_SUFFIX
+from fewstep.fsio import is_stale_temp as is_temp
 from fewstep.runtime.bundle import BUNDLE_FORMAT, IN_PROGRESS, MANIFEST, BundleError, read_manifest, verify_file
 
 KILLS = int(os.environ.get("FEWSTEP_KILLS", "2"))
@@ -106,10 +106,6 @@ def kill_repeatedly(first: list[str], again: list[str], duration_s: float, out: 
             check(attempt)
         args = again
     return log
-
-
-def is_temp(path: Path) -> bool:
-    return path.name.startswith(TEMP_PREFIX) and path.name.endswith(TEMP_SUFFIX)
 
 
 def check_outputs(root: Path) -> int:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import random_cond, tiny_spec
 
-from fewstep.fsio import OutputWriteError, atomic_write
+from fewstep.fsio import OutputWriteError, atomic_write, remove_stale_temps
 from fewstep.models.checkpoint import (
     CheckpointError,
     load_foreign_state_dict,
@@ -106,3 +106,13 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     with pytest.raises(OutputWriteError, match=r"f.bin: the disk is full; the previous f.bin .* is intact"):
         atomic_write(path, fail)
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+
+
+def test_resume_cleanup_removes_both_kinds_of_killed_write_temps(tmp_path):
+    # ours (`.NAME.RANDOM.tmp`) and the `.tmpXXXXXX` that safetensors' own rename-into-place leaves after a kill
+    temps = [".state.safetensors.k2j4h1.tmp", ".tmp82UlwR"]
+    kept = ["state.safetensors", ".hidden", ".tmp-notes", "log.tmp", ".tmp82UlwRx"]
+    for name in temps + kept:
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
