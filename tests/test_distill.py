@@ -177,6 +177,7 @@ def test_sliced_init_keeps_the_most_important_channels_aligned():
         ("shapes32-slimflow-v2", "euler", 1, 0.25),
         ("shapes32-progressive-4step", "euler", 4, 1.0),
         ("shapes32-consistency-4step", "consistency", 4, 1.0),
+        ("shapes32-consistency-s-4step", "consistency", 4, 0.25),
     ],
 )
 def test_shipped_students_generate_with_their_own_schedule(name, rule, steps, params_max):
@@ -209,12 +210,12 @@ def test_init_from_a_student_checkpoint_copies_it_and_refuses_another_architectu
 def test_shipped_students_record_the_teacher_they_were_distilled_from():
     """Provenance survives the rename: the first students' teacher_sha256 is shapes32-teacher-v1 (where the
     fine-tuned teacher started); the re-shipped consistency student and the v2 SlimFlow student are the
-    fine-tuned teacher's."""
+    fine-tuned teacher's, and so is the quarter-size consistency student distilled on top of the v2 SlimFlow one."""
     v1 = model_sha256(resolve_checkpoint("shapes32-teacher-v1"))
     v2 = model_sha256(resolve_checkpoint("shapes32-teacher"))
     for name in ("shapes32-slimflow", "shapes32-progressive-4step"):
         assert model_spec(name)["training"]["teacher_sha256"] == v1, name
-    for name in ("shapes32-consistency-4step", "shapes32-slimflow-v2"):
+    for name in ("shapes32-consistency-4step", "shapes32-slimflow-v2", "shapes32-consistency-s-4step"):
         assert model_spec(name)["training"]["teacher_sha256"] == v2, name
     teacher = model_spec("shapes32-teacher")
     assert teacher["role"] == "teacher" and teacher["training"]["init"]["sha256"] == v1

@@ -94,14 +94,15 @@ def run(args: argparse.Namespace) -> int:
             f" {r['gflop_per_image']:>12.3f}  {r['channels']}"
         )
     print("\nshipped models:")
+    width = max(len(r["name"]) for r in info["shipped"])
     for r in info["shipped"]:
         if "status" in r:
-            print(f"  {r['name']:<26} {r['status']}")
+            print(f"  {r['name']:<{width}} {r['status']}")
         elif "params" in r:
             sampler = f"{r['sampler']['rule']} {r['sampler']['default_steps']} step(s)"
-            print(f"  {r['name']:<26} {r['method']}, {r['params']:,} params, {r['trained_steps']} training steps, "
+            print(f"  {r['name']:<{width}} {r['method']}, {r['params']:,} params, {r['trained_steps']} training steps, "
                   f"samples with {sampler}, {r['size_mb']} MB")  # fmt: skip
         else:
             acc = ", ".join(f"{k} {v:.3f}" for k, v in r.get("held_out_accuracy", {}).items())
-            print(f"  {r['name']:<26} {r['kind']}, {r['size_mb']} MB, held-out: {acc}")
+            print(f"  {r['name']:<{width}} {r['kind']}, {r['size_mb']} MB, held-out: {acc}")
     return 0

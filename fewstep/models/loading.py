@@ -25,6 +25,8 @@ SHIPPED = {
     # SlimFlow into the 0.25x student-s from the fine-tuned teacher, 3x the v1 recipe's steps: the best SlimFlow student
     "shapes32-slimflow-v2": WEIGHTS_DIR / "shapes32-slimflow-v2.safetensors",
     "shapes32-consistency-4step": WEIGHTS_DIR / "shapes32-consistency-4step.safetensors",
+    # consistency into the 0.25x student-s from shapes32-slimflow-v2's run: beats the teacher at 1, 2 and 4 steps
+    "shapes32-consistency-s-4step": WEIGHTS_DIR / "shapes32-consistency-s-4step.safetensors",
     "shapes32-judge": WEIGHTS_DIR / "shapes32-judge.safetensors",
     "digits32-judge": WEIGHTS_DIR / "digits32-judge.safetensors",
 }
