@@ -100,6 +100,22 @@ def test_student_schedules_and_guidance_modes(tiny, tmp_path):
         insta.generate(["a red circle"], [0], guidance=3.0)
 
 
+def test_dmd_multistep_declares_its_consistency_schedule_and_resumes_exactly(tiny, tmp_path):
+    """DMD2 multi-step (--student-steps 2): consistency rule on the grid, exact resume through backward simulation."""
+    cfg = _cfg(tiny, "dmd", student_steps=2, grid=10, adv_weight=0.0)
+    full = distill(cfg, tmp_path / "full", progress=False)
+    spec = load_model(full)[1]
+    assert spec["sampler"]["rule"] == "consistency" and spec["sampler"]["timesteps"] == [1.0, 0.5]
+    assert spec["sampler"]["grid"] == 10 and spec["training"]["train_times"] == [1.0, 0.5]
+    pipe = TorchPipeline.from_checkpoint(full)
+    one, two = pipe.generate(["a red circle"], [0], steps=1), pipe.generate(["a red circle"], [0])
+    assert one.shape == two.shape == (1, 16, 16, 3) and not torch.equal(torch.as_tensor(one), torch.as_tensor(two))
+    distill(_cfg(tiny, "dmd", steps=2, student_steps=2, grid=10, adv_weight=0.0), tmp_path / "half", progress=False)
+    resumed = distill(cfg, tmp_path / "half", resume=True, progress=False)
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_guidance_then_progressive_keeps_the_w_input_at_few_steps(tiny, tmp_path):
     """Meng et al. stages 1 + 2: guidance distillation, then w-conditioned rounds 4 -> 2 -> 1; resumable."""
     cfg = _cfg(tiny, "guidance", then_progressive=True, start_steps=4, student_steps=1, w_min=1.0, w_max=5.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fewstep.compress.distributed import StepRandom
 from fewstep.compress.methods.consistency import ConsistencyLoss
 from fewstep.compress.methods.dmd import DMDLoss
 from fewstep.compress.methods.guidance import GuidanceDistillLoss
@@ -11,7 +12,7 @@ from fewstep.compress.methods.instaflow import InstaFlowLoss
 from fewstep.compress.methods.progressive import ProgressiveLoss
 from fewstep.compress.methods.reflow import ReflowLoss
 from fewstep.compress.methods.slimflow import AnnealingReflowLoss, FlowGuidedLoss
-from fewstep.models.samplers import euler, uniform_timesteps
+from fewstep.models.samplers import consistency, euler, uniform_timesteps
 from tests.toys import MEANS, MixtureFlow, ToyMLP, cond_of, decreased, ode, sample_data, train
 
 N_PAIRS = 4096
@@ -234,3 +235,53 @@ def test_dmd_with_regression_covers_both_modes(tmp_path):
     assert 0.3 < balance < 0.7, results  # both modes
     assert spread < 0.6, results  # on the modes (std 0.3: 0.38 for exact samples; 1.5 for the untrained x = eps)
     # without the regression loss DMD *may* collapse (it does not on this easy target; measured, not asserted)
+
+
+def test_dmd_multistep_backward_simulation_is_the_generators_own_consistency_sampling():
+    """DMD2 multi-step: the generator's input at step i is its own sampler's state there, noise for noise."""
+    gen = ToyMLP()
+    times = (1.0, 0.75, 0.5, 0.25)
+    loss = DMDLoss(MixtureFlow(), NULL, w_real=1.0, fake=ToyMLP(), times=times)
+    eps, cond = _held_out(64)
+    for i in range(1, len(times)):
+        rng = StepRandom(seed=3, step=i)
+        got = loss._backward_simulation(gen, eps, cond, i, rng)
+        replay = StepRandom(seed=3, step=i)
+        draws = [replay.randn(*eps.shape) for _ in range(i)]
+        x0 = consistency(gen, eps, torch.tensor(times[:i]), cond, lambda j, d=draws: d[j])
+        want = (1 - times[i]) * x0 + times[i] * draws[i - 1]
+        torch.testing.assert_close(got, want)
+    for bad in ((0.5, 0.25), (1.0, 0.5, 0.5), (1.0, 0.0)):
+        try:
+            DMDLoss(MixtureFlow(), NULL, fake=ToyMLP(), times=bad)
+        except ValueError as e:
+            assert "generator times" in str(e)
+        else:
+            raise AssertionError(f"times {bad} must be refused")
+
+
+def test_dmd_multistep_generator_samples_both_modes_with_its_consistency_sampler(tmp_path):
+    """A 2-step DMD2 generator (backward simulation) lands on both modes of the target when sampled with the
+    consistency rule it declares, and its second step brings the samples closer to the modes. Measured: spread
+    0.48 at one step, 0.41 at two (exact samples: 0.38); the same run with one-step DMD sampled at two steps
+    gives 0.64, an untrained generator 1.59."""
+    teacher = MixtureFlow()
+    torch.manual_seed(0)
+    fake_init, _ = train(ToyMLP(), ReflowLoss(), _pair_batches(_pairs(teacher)), 200, tmp_path / "fake")
+    torch.manual_seed(1)
+    gen, fake = ToyMLP(), ToyMLP()
+    fake.load_state_dict(fake_init.state_dict())
+    times = (1.0, 0.5)
+    loss = DMDLoss(teacher, NULL, w_real=1.0, reg_weight=0.25, fake_updates=5, fake_lr=1e-3, distance="l2",
+                   fake=fake, times=times)  # fmt: skip
+    gen, losses = train(gen, loss, _pair_batches(_pairs(teacher, 1024)), 400, tmp_path / "gen", lr=1e-3)
+    assert decreased(losses)
+    eps, cond = _held_out()
+    spreads = []
+    for k in (1, 2):
+        g = torch.Generator().manual_seed(5)
+        renoise = lambda _, g=g: torch.randn(eps.shape, generator=g)  # noqa: E731
+        x = consistency(gen, eps, torch.tensor(times[:k]), cond, renoise).flatten(1)
+        assert 0.3 < _mode_balance(x) < 0.7, (k, _mode_balance(x))
+        spreads.append(float(torch.cdist(x, MEANS).min(1).values.mean()))
+    assert spreads[1] < 0.5 and spreads[1] < spreads[0], spreads

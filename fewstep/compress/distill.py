@@ -63,7 +63,8 @@ class DistillConfig:
     dataset_size: int = 10000  # shapes images (rendered and encoded once, cached in the run directory)
     data_seed: int = 0
     guidance: float = 3.0  # teacher CFG scale where the teacher is queried online (consistency, progressive, dmd)
-    student_steps: int = 1  # steps the student samples with (instaflow's k; progressive's final count)
+    student_steps: int = 1  # steps the student samples with (instaflow's k; progressive's final count; dmd > 1: DMD2
+    # multi-step generator on the consistency grid, trained by backward simulation)
     steps: int = 2000  # optimizer steps (slimflow: stage 1; progressive: per round)
     batch_size: int = 32  # global batch (split over torchrun processes)
     lr: float = 2e-4
@@ -466,7 +467,6 @@ def _progressive_rounds(d: Distiller, cfg: DistillConfig, out: Path, resume: boo
 
 def _run_dmd(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
     student, report = d.new_student()
-    one = _euler_times(1)
     if cfg.pairs:
         batch_fn = d.pair_batch
     else:  # DMD2 without regression: conditions come from the dataset, the pair slots stay empty
@@ -475,11 +475,22 @@ def _run_dmd(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress
             x0, cond = d.data_batch(step)
             return torch.randn(x0.shape, generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)), x0, cond
 
-    def spec(step):
-        return d.spec(step, "euler", one, _none(cfg.guidance), {"init": report, "train_times": [1.0]})
+    if cfg.student_steps == 1:
+        times = _euler_times(1)
+
+        def spec(step):
+            return d.spec(step, "euler", times, _none(cfg.guidance), {"init": report, "train_times": [1.0]})
+
+        gen_times = [1.0]
+    else:  # DMD2 multi-step: consistency-style sampling on the grid, trained by backward simulation
+        gen_times = consistency_timesteps(cfg.student_steps, cfg.grid).tolist()
+
+        def spec(step):
+            extra = {"init": report, "train_times": gen_times, "sampler": {"grid": cfg.grid}}
+            return d.spec(step, "consistency", gen_times, _none(cfg.guidance), extra)
 
     loss = DMDLoss(d.teacher, d.null, cfg.guidance, cfg.reg_weight, cfg.fake_updates, cfg.fake_lr, cfg.adv_weight,
-                   cfg.distance)  # fmt: skip
+                   cfg.distance, times=tuple(gen_times))  # fmt: skip
     d.run_loop(student, loss, batch_fn, cfg.loop(), out, spec, resume, progress)
     return out / "model.safetensors"
 

@@ -8,6 +8,11 @@ L_dm = 0.5 ||x - stopgrad(x - grad)||^2, plus the regression loss d(G(z_pair), y
 (reg_weight 0 = DMD2), plus optionally the adversarial term of a small discriminator head on the fake
 score's middle features (generator softplus(-D), discriminator softplus(D(fake)) + softplus(-D(real)); the
 "real" images are the teacher's pair images).
+
+Multi-step (DMD2, Sec. 4.4): with `times` = (1, t_2, ..., t_k) the generator is trained at each of its k sampling
+times; its input at t_i comes from backward simulation, i.e. the current generator's own consistency-style
+sampling from noise (x0 = x - t v, re-noise to the next time), so training sees what inference will. The
+regression loss stays on the one-step map at t = 1, where the pairs live.
 """
 
 from __future__ import annotations
@@ -58,12 +63,17 @@ class DMDLoss:
     adv_weight: float = 0.0  # > 0 adds the adversarial term (DMD2 / ADD)
     distance: str = "pseudo_huber"
     t_range: tuple[float, float] = (0.02, 0.98)
+    times: tuple[float, ...] = (1.0,)  # generator sampling times (DMD2 multi-step when more than one)
     fake: nn.Module | None = field(default=None, repr=False)
     head: nn.Module | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.fake_updates < 1:
             raise ValueError(f"fake_updates must be >= 1; got {self.fake_updates}")
+        self.times = tuple(float(t) for t in self.times)
+        pairs = zip(self.times, self.times[1:], strict=False)
+        if not self.times or self.times[0] != 1.0 or any(b >= a for a, b in pairs) or self.times[-1] <= 0.0:
+            raise ValueError(f"generator times must start at 1 and decrease strictly above 0; got {self.times}")
         self._real = FrozenCopy(self.teacher)
         self.fake = self.fake if self.fake is not None else copy.deepcopy(self.teacher)
         self.fake.train().requires_grad_(True)
@@ -135,12 +145,26 @@ class DMDLoss:
             self.fake_opt.step()
         return logs
 
+    @torch.no_grad()
+    def _backward_simulation(self, model, z: torch.Tensor, cond: Cond, steps: int, rng: StepRandom) -> torch.Tensor:
+        """The generator's own sample after `steps` of its k steps: its input at times[steps]."""
+        x = z
+        for t_now, t_next in zip(self.times[:steps], self.times[1 : steps + 1], strict=True):
+            tt = torch.full((x.shape[0],), t_now, device=x.device)
+            x0 = x - t_now * model(x, tt, cond)
+            x = interpolate(x0, rng.randn(*x.shape).to(x.device), torch.full_like(tt, t_next))
+        return x
+
     def __call__(self, model, batch, rng: StepRandom):
         z_pair, y_pair, cond = batch
         b = z_pair.shape[0]
         ones = torch.ones(b, device=z_pair.device)
         z = rng.randn(*z_pair.shape).to(z_pair.device)
-        x = z - model(z, ones, cond)
+        # one generator step for the whole batch (same on every rank: drawn from the shared generator)
+        i = int(torch.randint(0, len(self.times), (1,), generator=rng.generator)) if len(self.times) > 1 else 0
+        x_in = self._backward_simulation(model, z, cond, i, rng) if i else z
+        t_in = self.times[i]
+        x = x_in - t_in * model(x_in, torch.full_like(ones, t_in), cond)
         logs = self._update_fake(x.detach(), y_pair, cond, rng)
         # distribution matching gradient, both scores at the same noisy point
         t, eps = self._t(b, rng, x.device), rng.randn(*x.shape).to(x.device)
@@ -167,4 +191,6 @@ class DMDLoss:
             loss = loss + self.adv_weight * l_g
             logs["gen_adv_loss"] = l_g.item()
         logs["loss"] = loss.item()
+        if len(self.times) > 1:
+            logs["gen_step"] = float(i)
         return loss, logs
