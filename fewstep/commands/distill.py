@@ -16,7 +16,8 @@ EPILOG = """methods (METHODS.md has the equations):
   consistency  LCM-style consistency distillation; multistep sampling with re-noising
   progressive  repeated halving of steps, each round's student the next teacher
   dmd          distribution matching with a fake score (+ regression on pairs; DMD2: --reg-weight 0
-               --fake-updates 5 [--adv-weight 0.1])
+               --fake-updates 5 [--adv-weight 0.1]; --student-steps 4: DMD2's multi-step generator,
+               trained by backward simulation, sampled with re-noising)
 
 examples:
   fewstep pairs --out runs/pairs
@@ -26,6 +27,7 @@ examples:
   fewstep distill guidance --then-progressive true --start-steps 16 --student-steps 4 --out runs/gd4
   fewstep distill reflow --pairs runs/pairs --out runs/reflow --resume      # continue a killed run
   torchrun --nproc_per_node 2 -m fewstep.cli distill reflow --pairs runs/pairs --out runs/r2   # data parallel
+  fewstep distill dmd --pairs runs/pairs --student same --student-steps 4 --out runs/dmd4
   fewstep distill dmd --print-config > dmd.yaml; fewstep distill dmd --config dmd.yaml --out runs/dmd
 
 --student takes a preset (`fewstep info`), 'same' (the teacher's architecture) or a UNet config .json;
