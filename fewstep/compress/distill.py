@@ -475,19 +475,14 @@ def _run_dmd(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress
             x0, cond = d.data_batch(step)
             return torch.randn(x0.shape, generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)), x0, cond
 
-    if cfg.student_steps == 1:
-        times = _euler_times(1)
+    # k > 1: DMD2's multi-step generator, sampled with re-noising on the consistency grid
+    multi = cfg.student_steps > 1
+    gen_times = consistency_timesteps(cfg.student_steps, cfg.grid).tolist() if multi else [1.0]
+    rule, times, sampler = ("consistency", gen_times, {"grid": cfg.grid}) if multi else ("euler", _euler_times(1), {})
 
-        def spec(step):
-            return d.spec(step, "euler", times, _none(cfg.guidance), {"init": report, "train_times": [1.0]})
-
-        gen_times = [1.0]
-    else:  # DMD2 multi-step: consistency-style sampling on the grid, trained by backward simulation
-        gen_times = consistency_timesteps(cfg.student_steps, cfg.grid).tolist()
-
-        def spec(step):
-            extra = {"init": report, "train_times": gen_times, "sampler": {"grid": cfg.grid}}
-            return d.spec(step, "consistency", gen_times, _none(cfg.guidance), extra)
+    def spec(step):
+        extra = {"init": report, "train_times": gen_times, "sampler": sampler}
+        return d.spec(step, rule, times, _none(cfg.guidance), extra)
 
     loss = DMDLoss(d.teacher, d.null, cfg.guidance, cfg.reg_weight, cfg.fake_updates, cfg.fake_lr, cfg.adv_weight,
                    cfg.distance, times=tuple(gen_times))  # fmt: skip

@@ -162,7 +162,7 @@ class DMDLoss:
         z = rng.randn(*z_pair.shape).to(z_pair.device)
         # one generator step for the whole batch (same on every rank: drawn from the shared generator)
         i = int(torch.randint(0, len(self.times), (1,), generator=rng.generator)) if len(self.times) > 1 else 0
-        x_in = self._backward_simulation(model, z, cond, i, rng) if i else z
+        x_in = self._backward_simulation(model, z, cond, i, rng)
         t_in = self.times[i]
         x = x_in - t_in * model(x_in, torch.full_like(ones, t_in), cond)
         logs = self._update_fake(x.detach(), y_pair, cond, rng)
