@@ -160,7 +160,8 @@ class DMDLoss:
         b = z_pair.shape[0]
         ones = torch.ones(b, device=z_pair.device)
         z = rng.randn(*z_pair.shape).to(z_pair.device)
-        # one generator step for the whole batch (same on every rank: drawn from the shared generator)
+        # one generator step for the whole batch (same on every rank: drawn from the shared generator); one-step
+        # DMD draws nothing here, so its random stream, and the resume of its runs, is what it was
         i = int(torch.randint(0, len(self.times), (1,), generator=rng.generator)) if len(self.times) > 1 else 0
         x_in = self._backward_simulation(model, z, cond, i, rng)
         t_in = self.times[i]
