@@ -98,6 +98,8 @@ def test_student_schedules_and_guidance_modes(tiny, tmp_path):
     assert insta.spec["sampler"]["timesteps"] == [1.0, 0.5, 0.0]
     with pytest.raises(ValueError, match="baked in"):
         insta.generate(["a red circle"], [0], guidance=3.0)
+    slim = load_model(distill(_cfg(tiny, "slimflow", student_steps=2), tmp_path / "s", progress=False))[1]
+    assert slim["sampler"]["timesteps"] == [1.0, 0.5, 0.0] and slim["training"]["train_times"] == [1.0, 0.5]
 
 
 def test_dmd_multistep_declares_its_consistency_schedule_and_resumes_exactly(tiny, tmp_path):

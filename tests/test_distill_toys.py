@@ -122,6 +122,61 @@ def test_slimflow_two_stages_on_the_toy(tmp_path):
     assert _map_error(euler(stage2, eps, one, cond), ref) < _map_error(euler(stage1, eps, one, cond), ref)
 
 
+def test_flow_guided_one_step_is_the_papers_loss():
+    """k = 1 is exactly METHODS.md's stage 2: d(eps - v(eps, 1), x0_hat) + d(eps' - v, x0_T), same random draws."""
+    torch.manual_seed(0)
+    student, guide = ToyMLP(), ToyMLP()
+    eps, x0, cond = _pair_batches(_pairs(MixtureFlow(), n=64), batch=32)(0)
+    loss, _ = FlowGuidedLoss(guide, "l2", (0.2, 0.8), k=1)(student, (eps, x0, cond), StepRandom(3, 7))
+    rng = StepRandom(3, 7)
+    ones = torch.ones(32)
+    fresh = rng.randn(*eps.shape)
+    v = student(fresh, ones, cond)
+    tau = 0.2 + 0.6 * rng.rand(32)
+    x_tau = fresh - (1 - tau).view(-1, 1, 1, 1) * v
+    x0_guide = x_tau - tau.view(-1, 1, 1, 1) * guide(x_tau, tau, cond)
+    l2 = lambda a, b: (a - b).pow(2).mean()  # noqa: E731  (fewstep's 'l2' distance)
+    expected = l2(eps - student(eps, ones, cond), x0) + l2(fresh - v, x0_guide)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_flow_guided_k_steps_walks_the_students_own_path():
+    """k = 4: the guide term starts from the student's own Euler steps, one per grid point below t = 1."""
+    torch.manual_seed(0)
+    student = ToyMLP()
+    loss = FlowGuidedLoss(ToyMLP(), "l2", k=4)
+    x, cond = torch.randn(8, 2, 1, 1), cond_of(torch.full((8,), -1))
+    index = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    walked = loss._walk(student, x, index, cond)
+    times = uniform_timesteps(4)
+    for i in range(8):
+        start, k = x[i : i + 1], int(index[i])
+        expected = euler(student, start, times[: k + 1], cond.index(slice(i, i + 1))) if k else start
+        torch.testing.assert_close(walked[i : i + 1], expected)
+    with pytest.raises(ValueError, match="student steps"):
+        FlowGuidedLoss(ToyMLP(), k=0)
+    with pytest.raises(ValueError, match="tau_range"):
+        FlowGuidedLoss(ToyMLP(), tau_range=(0.5, 1.0))
+
+
+def test_slimflow_k_step_stage_two_improves_its_own_step_count(tmp_path):
+    """Stage 2 with k = 2 lowers the 2-step error of the stage-1 student and beats the one-step stage 2 at 2 steps."""
+    teacher = MixtureFlow()
+    pairs = _pair_batches(_pairs(teacher))
+    torch.manual_seed(0)
+    stage1, _ = train(ToyMLP(), AnnealingReflowLoss(300), pairs, 600, tmp_path / "s1")
+    students = {}
+    for k in (1, 2):
+        init = ToyMLP()
+        init.load_state_dict(stage1.state_dict())
+        students[k], losses = train(init, FlowGuidedLoss(stage1, "l2", k=k), pairs, 300, tmp_path / f"k{k}", lr=5e-4)
+        assert decreased(losses)
+    eps, cond = _held_out()
+    ref, two = ode(teacher, eps, cond), uniform_timesteps(2)
+    err = {name: _map_error(euler(m, eps, two, cond), ref) for name, m in [("s1", stage1), *students.items()]}
+    assert err[2] < err["s1"] and err[2] < err[1], err
+
+
 def test_consistency_boundary_and_one_step_quality(tmp_path):
     teacher = MixtureFlow()
     model = ToyMLP()

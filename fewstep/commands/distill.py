@@ -10,6 +10,7 @@ HELP = "distill a teacher into a fast (and smaller) student: reflow, slimflow, i
 EPILOG = """methods (METHODS.md has the equations):
   reflow       k-rectified flow on teacher pairs: straighter paths, few Euler steps     needs --pairs
   slimflow     annealing reflow into a small student, then flow-guided distillation   needs --pairs; 1 step
+               (--student-steps 4: stage 2 distils for 4 Euler steps, fewstep's few-step form)
   instaflow    one-step / k-step regression onto the (reflowed) teacher's pair images  needs --pairs
   guidance     CFG folded into a w input: one pass per step, guidance mode 'embedded'
                (--then-progressive true: then w-conditioned progressive rounds down to --student-steps)

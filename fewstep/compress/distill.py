@@ -64,7 +64,8 @@ class DistillConfig:
     data_seed: int = 0
     guidance: float = 3.0  # teacher CFG scale where the teacher is queried online (consistency, progressive, dmd)
     student_steps: int = 1  # steps the student samples with (instaflow's k; progressive's final count; dmd > 1: DMD2
-    # multi-step generator on the consistency grid, trained by backward simulation)
+    # multi-step generator on the consistency grid, trained by backward simulation; slimflow > 1: stage 2 distils
+    # for k Euler steps instead of the paper's one)
     steps: int = 2000  # optimizer steps (slimflow: stage 1; progressive: per round)
     batch_size: int = 32  # global batch (split over torchrun processes)
     lr: float = 2e-4
@@ -367,11 +368,11 @@ def _run_instaflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, pr
 def _run_slimflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, progress: bool) -> Path:
     student, report = d.new_student()
     scale = _pairs_scale(d)
-    one = _euler_times(1)
+    times = _euler_times(cfg.student_steps)
 
     def spec1(step):
         extra = {"init": report, "stage": 1, "anneal_steps": cfg.anneal_steps, "train_times": "continuous"}
-        return d.spec(step, "euler", _euler_times(max(cfg.student_steps, 1)), _none(scale), extra)
+        return d.spec(step, "euler", times, _none(scale), extra)
 
     s1 = out / "stage1"
     loss1 = AnnealingReflowLoss(cfg.anneal_steps, cfg.anneal_schedule, cfg.t_sampling)
@@ -381,9 +382,10 @@ def _run_slimflow(d: Distiller, cfg: DistillConfig, out: Path, resume: bool, pro
     report2["init"] = f"stage 1 ({report['init']})"
 
     def spec2(step):
-        return d.spec(step, "euler", one, _none(scale), {"init": report2, "stage": 2, "train_times": [1.0]})
+        return d.spec(step, "euler", times, _none(scale), {"init": report2, "stage": 2, "train_times": times[:-1]})
 
-    loss2 = FlowGuidedLoss(guide, cfg.distance, (cfg.tau_min, cfg.tau_max))
+    # student_steps > 1: stage 2 distils for that many Euler steps (fewstep's few-step form of the loss)
+    loss2 = FlowGuidedLoss(guide, cfg.distance, (cfg.tau_min, cfg.tau_max), k=cfg.student_steps)
     s2 = out / "stage2"
     d.run_loop(student2, loss2, d.pair_batch, cfg.loop(steps=cfg.stage2_steps), s2, spec2, resume, progress)
     return s2 / "model.safetensors"

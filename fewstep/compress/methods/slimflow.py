@@ -5,6 +5,11 @@
    beta = 0 pure reflow.
 2. `FlowGuidedLoss`: L = d(eps - v_s(eps, 1), x0_hat) on the pairs + d(eps' - v, x0_T) on fresh noise, where
    the frozen stage-1 model finishes the student's straight path from a random tau in [0.2, 0.8].
+
+   `k` > 1 is fewstep's few-step form of stage 2 (the paper trains one step only): the distill term is taken at a
+   point of the k-point grid {1, ..., 1/k} on the pair's straight line (InstaFlow's k-step target), and the guide
+   term at a grid point t_i that the student itself reaches from fresh noise with its own Euler steps, with
+   tau in t_i * [0.2, 0.8]. At k = 1 both terms, and the random draws, are exactly the paper's.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from ..distributed import StepRandom
 from ..flow_matching import bcast, sample_t
-from .common import FrozenCopy, interpolate
+from .common import FrozenCopy, interpolate, x0_prediction
 from .distance import get_distance
 
 SCHEDULES = ("linear", "exponential", "cosine")
@@ -57,27 +62,53 @@ class FlowGuidedLoss:
     distance: str = "pseudo_huber"
     tau_range: tuple[float, float] = (0.2, 0.8)
     guide_weight: float = 1.0
+    k: int = 1  # student steps: 1 is the paper's one-step student
     _guide: FrozenCopy = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k (student steps) must be >= 1; got {self.k}")
+        lo, hi = self.tau_range
+        if not 0.0 < lo <= hi < 1.0:
+            raise ValueError(f"tau_range must satisfy 0 < tau_min <= tau_max < 1; got {self.tau_range}")
         self._guide = FrozenCopy(self.guide)
         self.d = get_distance(self.distance)
+        self.grid = torch.arange(self.k, 0, -1, dtype=torch.float32) / self.k  # 1, ..., 1/k
 
     def to(self, device) -> None:
         self._guide.to(device)
 
+    def _grid_points(self, n: int, rng: StepRandom) -> torch.Tensor:
+        # k = 1 draws nothing, so the one-step loss consumes the paper's random stream unchanged
+        return torch.zeros(n, dtype=torch.long) if self.k == 1 else rng.randint(0, self.k, n)
+
+    @torch.no_grad()
+    def _walk(self, model, x: torch.Tensor, index: torch.Tensor, cond) -> torch.Tensor:
+        """The student's own Euler steps from t = 1 down to grid point `index` (per sample)."""
+        index = index.to(x.device)
+        for j in range(int(index.max())):
+            t, t_next = float(self.grid[j]), float(self.grid[j + 1])
+            v = model(x, torch.full((x.shape[0],), t, device=x.device), cond)
+            moving = bcast((index > j).to(x.dtype), x)
+            x = x - moving * (t - t_next) * v
+        return x
+
     def __call__(self, model, batch, rng: StepRandom):
         eps, x0, cond = batch
-        ones = torch.ones(eps.shape[0], device=eps.device)
-        l_distill = self.d(eps - model(eps, ones, cond), x0)
+        n = eps.shape[0]
+        t = self.grid[self._grid_points(n, rng)].to(eps.device)
+        l_distill = self.d(x0_prediction(model, interpolate(x0, eps, t), t, cond), x0)
         fresh = rng.randn(*eps.shape).to(eps.device)
-        v = model(fresh, ones, cond)
+        index = self._grid_points(n, rng)
+        x_t = self._walk(model, fresh, index, cond)
+        t_i = self.grid[index].to(eps.device)
+        v = model(x_t, t_i, cond)
         lo, hi = self.tau_range
-        tau = (lo + (hi - lo) * rng.rand(eps.shape[0])).to(eps.device)
+        tau = t_i * (lo + (hi - lo) * rng.rand(n)).to(eps.device)
         with torch.no_grad():
-            x_tau = fresh - (1 - bcast(tau, fresh)) * v
-            x0_guide = x_tau - bcast(tau, fresh) * self._guide(x_tau, tau, cond)
-        l_guide = self.d(fresh - v, x0_guide)
+            x_tau = x_t - bcast(t_i - tau, x_t) * v
+            x0_guide = x_tau - bcast(tau, x_t) * self._guide(x_tau, tau, cond)
+        l_guide = self.d(x_t - bcast(t_i, x_t) * v, x0_guide)
         loss = l_distill + self.guide_weight * l_guide
         return loss, {"loss": loss.item(), "distill": l_distill.item(), "guide": l_guide.item()}
 
