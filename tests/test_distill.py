@@ -234,8 +234,12 @@ def test_shipped_students_record_the_teacher_they_were_distilled_from():
     v2 = model_sha256(resolve_checkpoint("shapes32-teacher"))
     for name in ("shapes32-slimflow", "shapes32-progressive-4step"):
         assert model_spec(name)["training"]["teacher_sha256"] == v1, name
-    for name in ("shapes32-consistency-4step", "shapes32-slimflow-v2", "shapes32-consistency-s-4step",
-                 "shapes32-slimflow-4step"):
+    for name in (
+        "shapes32-consistency-4step",
+        "shapes32-slimflow-v2",
+        "shapes32-consistency-s-4step",
+        "shapes32-slimflow-4step",
+    ):
         assert model_spec(name)["training"]["teacher_sha256"] == v2, name
     teacher = model_spec("shapes32-teacher")
     assert teacher["role"] == "teacher" and teacher["training"]["init"]["sha256"] == v1

@@ -22,7 +22,7 @@ SHIPPED = {
     "shapes32-teacher-v1": WEIGHTS_DIR / "shapes32-teacher-v1.safetensors",
     "shapes32-progressive-4step": WEIGHTS_DIR / "shapes32-progressive-4step.safetensors",
     "shapes32-slimflow": WEIGHTS_DIR / "shapes32-slimflow.safetensors",
-    # SlimFlow into the 0.25x student-s from the fine-tuned teacher, 3x the v1 recipe's steps: the best SlimFlow student
+    # SlimFlow into the 0.25x student-s from the fine-tuned teacher, 3x the v1 recipe's steps: the paper's one-step form
     "shapes32-slimflow-v2": WEIGHTS_DIR / "shapes32-slimflow-v2.safetensors",
     # SlimFlow 0.25x, stage 2 in its 4-step form on 8,192 pairs: beats the teacher at 1, 2 and 4 steps (4 by default)
     "shapes32-slimflow-4step": WEIGHTS_DIR / "shapes32-slimflow-4step.safetensors",
