@@ -145,6 +145,8 @@ def test_bad_distill_configs_are_refused(tiny, tmp_path):
         _cfg(tiny, "progressive", start_steps=12, student_steps=2)
     with pytest.raises(ValueError, match="unknown method"):
         DistillConfig(method="magic")
+    with pytest.raises(ValueError, match="tau_min"):
+        _cfg(tiny, "slimflow", tau_min=0.5, tau_max=1.0)
     with pytest.raises(ValueError, match="sliced"):
         distill(_cfg(tiny, "reflow", init="teacher"), tmp_path / "y", progress=False)
 

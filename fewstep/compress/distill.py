@@ -122,6 +122,8 @@ class DistillConfig:
                              "(and --init teacher or auto)")  # fmt: skip
         if self.student_steps < 1:
             raise ValueError(f"student_steps must be >= 1; got {self.student_steps}")
+        if not 0.0 < self.tau_min <= self.tau_max < 1.0:  # checked here, not after a long SlimFlow stage 1
+            raise ValueError(f"need 0 < tau_min <= tau_max < 1; got tau_min {self.tau_min}, tau_max {self.tau_max}")
         if self.then_progressive and self.method != "guidance":
             raise ValueError("--then-progressive is stage 2 of guidance distillation: use it with `distill guidance`")
         if self.method == "progressive" or self.then_progressive:
