@@ -13,6 +13,11 @@ def x0_prediction(model, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torc
     return x_t - bcast(t, x_t) * model(x_t, t, cond)
 
 
+def step_grid(k: int) -> torch.Tensor:
+    """The times a k-step Euler student starts its steps from: 1, (k-1)/k, ..., 1/k."""
+    return torch.arange(k, 0, -1, dtype=torch.float32) / k
+
+
 def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """x_t = (1 - t) x0 + t eps."""
     tb = bcast(t, x0)

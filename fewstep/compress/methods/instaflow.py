@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..distributed import StepRandom
-from .common import interpolate, x0_prediction
+from .common import interpolate, step_grid, x0_prediction
 from .distance import get_distance
 
 
@@ -29,7 +27,6 @@ class InstaFlowLoss:
 
     def __call__(self, model, batch, rng: StepRandom):
         eps, x0, cond = batch
-        grid = torch.arange(self.k, 0, -1, dtype=torch.float32) / self.k  # 1, ..., 1/k
-        t = grid[rng.randint(0, self.k, eps.shape[0])].to(eps.device)
+        t = step_grid(self.k)[rng.randint(0, self.k, eps.shape[0])].to(eps.device)
         loss = self.d(x0_prediction(model, interpolate(x0, eps, t), t, cond), x0)
         return loss, {"loss": loss.item()}

@@ -21,7 +21,7 @@ import torch
 
 from ..distributed import StepRandom
 from ..flow_matching import bcast, sample_t
-from .common import FrozenCopy, interpolate, x0_prediction
+from .common import FrozenCopy, interpolate, step_grid, x0_prediction
 from .distance import get_distance
 
 SCHEDULES = ("linear", "exponential", "cosine")
@@ -73,7 +73,7 @@ class FlowGuidedLoss:
             raise ValueError(f"tau_range must satisfy 0 < tau_min <= tau_max < 1; got {self.tau_range}")
         self._guide = FrozenCopy(self.guide)
         self.d = get_distance(self.distance)
-        self.grid = torch.arange(self.k, 0, -1, dtype=torch.float32) / self.k  # 1, ..., 1/k
+        self.grid = step_grid(self.k)
 
     def to(self, device) -> None:
         self._guide.to(device)
