@@ -471,6 +471,12 @@ def test_torch_tensorrt_fp16_module_matches_torch(denoiser, tmp_path):
         with torch.no_grad():
             v = module(*(torch.from_numpy(feed[n]).cuda() for n in denoiser.input_names)).float().cpu().numpy()
         assert _max_rel_err(v, _torch_v(denoiser, feed)) < 2e-2
+    # and through the runtime's torch-tensorrt backend, which the gates and Generator use
+    from fewstep.runtime.backends import load_engine
+
+    engine = load_engine("torch-tensorrt", art.path, denoiser.io_json(), threads=2)
+    feed = _feed(denoiser, 3)
+    assert _max_rel_err(engine.run(feed)["v"], _torch_v(denoiser, feed)) < 2e-2
 
 
 def test_every_backend_takes_the_options_the_generator_always_passes():

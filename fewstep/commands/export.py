@@ -15,6 +15,7 @@ EPILOG = """examples:
   fewstep export shapes32-slimflow --out b --to onnx --precision fp32,int8 --quantizer nncf,ort  # compare quantizers
   fewstep export shapes32-progressive-4step --out b --to coreml --precision fp16,palette4   # .mlpackage (any OS)
   fewstep export runs/slimflow --out b --to tensorrt --precision fp16,int8 --triton          # on an NVIDIA GPU
+  fewstep export shapes32-slimflow --out b --to onnx,torch --precision fp32    # + torch eager, to compare with
   fewstep export shapes32-slimflow --out b --print-config > export.yaml; fewstep export M --out b --config export.yaml
 
 precisions per target:
@@ -23,6 +24,8 @@ precisions per target:
   coreml     fp32, fp16, int8w (8-bit weights), palette4 (4-bit palettized weights); prediction only on macOS
   tensorrt   fp32, fp16, int8 (explicit Q/DQ from NNCF); builds only on an NVIDIA GPU with TensorRT
   torch-tensorrt  fp32, fp16; NVIDIA GPU only
+  torch      fp32, fp16: the network itself (safetensors), run in torch eager by the runtime's torch backend:
+             the comparison point (fewstep bench BUNDLE --engine torch-fp32), never picked over a real engine
 
 Gates: every engine's final images are compared with the torch student's (PSNR floors per precision) and
 every fp16/int8 engine is timed side by side with the fp32 engine of its backend; an engine that fails is not

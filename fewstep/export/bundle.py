@@ -153,7 +153,7 @@ class BundleExport:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / IN_PROGRESS).write_text(self.command or "fewstep export")
         ctx = ExportContext(self.denoiser, self.root, max_batch=self._max_batch(),
-                            options={"cfg": self.pipe.guidance_mode == "cfg"})  # fmt: skip
+                            options={"cfg": self.pipe.guidance_mode == "cfg"}, spec=self.spec)  # fmt: skip
         try:
             text = self._text_encoder()
             self._decoder_entry = self._decoder()

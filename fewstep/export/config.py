@@ -10,7 +10,7 @@ from .gates import DEFAULT_MIN_PSNR, GateConfig
 
 @dataclass(frozen=True)
 class ExportConfig:
-    to: tuple[str, ...] = ("onnx", "openvino")  # onnx | openvino | coreml | tensorrt | torch-tensorrt
+    to: tuple[str, ...] = ("onnx", "openvino")  # onnx | openvino | coreml | tensorrt | torch-tensorrt | torch
     precision: tuple[str, ...] = ("fp32", "fp16", "int8")  # per backend, those it supports (others are noted)
     quantizer: tuple[str, ...] = ("nncf", "ort")  # int8 ONNX quantizers, each gated: nncf | ort
     calibration_prompts: int = 64  # prompts (one seed each) run through the student's sampler for int8

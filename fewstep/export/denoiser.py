@@ -91,6 +91,24 @@ class Denoiser(nn.Module):
         return io_json(self.inputs, self.outputs)
 
 
+class HalfIO(nn.Module):
+    """A `Denoiser` computing in fp16 behind float32 inputs and outputs (what the runtime and the bundle specs
+    use). t and the guidance scale stay float32: t * 1000 in fp16 would be rounded to 0.5 steps before the
+    sinusoidal embedding, which diffusers computes in float32 and casts to the network's dtype itself."""
+
+    def __init__(self, denoiser: Denoiser):
+        super().__init__()
+        self.keep_float = [name in ("t", "guidance") for name in denoiser.input_names]
+        self.inner = denoiser.half()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                extra1: torch.Tensor | None = None, extra2: torch.Tensor | None = None,
+                extra3: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        given = [a for a in (x, t, text, text_mask, extra1, extra2, extra3) if a is not None]
+        cast = [a if keep else a.half() for a, keep in zip(given, self.keep_float, strict=True)]
+        return self.inner(*cast).float()
+
+
 def io_json(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> dict:
     """An engine's declared inputs and outputs, as the manifest and the runtime's boundary checks read them."""
     return {"inputs": {s.name: s.to_json() for s in inputs}, "outputs": {s.name: s.to_json() for s in outputs}}

@@ -25,6 +25,7 @@ EXPORTERS: dict[str, str] = {
     "coreml": "fewstep.export.to_coreml",
     "tensorrt": "fewstep.export.to_tensorrt",
     "torch-tensorrt": "fewstep.export.to_torch_tensorrt",
+    "torch": "fewstep.export.to_torch",
 }
 # the runtime backend that runs each exporter's files
 RUNTIME_BACKEND = {
@@ -33,6 +34,7 @@ RUNTIME_BACKEND = {
     "coreml": "coreml",
     "tensorrt": "tensorrt",
     "torch-tensorrt": "torch-tensorrt",
+    "torch": "torch",
 }
 
 
@@ -48,6 +50,7 @@ class ExportContext:
     calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
     options: dict = field(default_factory=dict)  # backend options from the CLI / config (e.g. "quantizer")
     max_batch: int = 16  # largest batch the engine is built for (TensorRT profiles, Triton max_batch_size)
+    spec: dict = field(default_factory=dict)  # the checkpoint's spec (the torch exporter rebuilds from it)
 
 
 @dataclass

@@ -2,8 +2,9 @@
 embedded in a TorchScript module (`denoiser.{precision}.ts`, default) or an ExportedProgram
 (`denoiser.{precision}.ep`, `options["torch_trt_format"] = "exported_program"`).
 
-The result runs in torch with `torch_tensorrt` imported (TorchScript also from C++ with its runtime library), not
-in the torch-free runtime: use the `tensorrt` exporter for that. Needs an NVIDIA GPU and `torch-tensorrt`
+The result runs in torch with `torch_tensorrt` imported (TorchScript also from C++ with its runtime library): the
+runtime's `torch-tensorrt` backend loads the TorchScript form, which needs torch; for the torch-free runtime use
+the `tensorrt` exporter. Needs an NVIDIA GPU and `torch-tensorrt`
 (`pip install 'fewstep[gpu]'`, NVIDIA's index).
 
 Precision: fp16 casts the module and its image/text inputs to half inside a wrapper whose inputs and outputs
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import copy
 
+from .denoiser import HalfIO
 from .registry import Artifact, ExportContext
 
 PRECISIONS = ("fp32", "fp16")
@@ -45,31 +47,6 @@ def can_run() -> str | None:
     return None
 
 
-def _half_wrapper(module):
-    """The denoiser in fp16 with float32 inputs and outputs (what the runtime and the bundle specs use). t and the
-    guidance scale stay float32: t * 1000 in fp16 would be rounded to 0.5 steps before the sinusoidal embedding,
-    which diffusers computes in float32 and casts to the UNet's dtype itself."""
-    import torch
-    from torch import nn
-
-    class HalfIO(nn.Module):
-        def __init__(self, inner: nn.Module):
-            super().__init__()
-            self.inner = inner.half()
-
-        def forward(
-            self,
-            x: torch.Tensor,
-            t: torch.Tensor,
-            text: torch.Tensor,
-            text_mask: torch.Tensor,
-            guidance: torch.Tensor | None = None,
-        ) -> torch.Tensor:
-            return self.inner(x.half(), t, text.half(), text_mask.half(), guidance).float()
-
-    return HalfIO(module)
-
-
 def compile_denoiser(ctx: ExportContext, precision: str):
     """-> (compiled torch.fx.GraphModule, its dynamic `torch_tensorrt.Input`s, example CUDA inputs).
 
@@ -84,7 +61,7 @@ def compile_denoiser(ctx: ExportContext, precision: str):
     specs = ctx.denoiser.inputs
     module = copy.deepcopy(ctx.denoiser).eval().cuda()  # never move the caller's model
     if precision == "fp16":
-        module = _half_wrapper(module)
+        module = HalfIO(module)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     inputs = [
         torch_trt.Input(

@@ -21,7 +21,8 @@ from .samplers import consistency_np, euler_np
 from .text import RuntimeTextEncoder
 
 # the backend tried first when a bundle holds several engines (overridable with `backend=` / `engine=`)
-BACKEND_PRIORITY = ("tensorrt", "coreml", "onnxruntime", "openvino")
+# ("torch" engines, the comparison point, come last: chosen only when pinned or when nothing else loads)
+BACKEND_PRIORITY = ("tensorrt", "torch-tensorrt", "coreml", "onnxruntime", "openvino", "torch")
 PRECISION_PRIORITY = ("int8", "fp16", "fp32")
 
 

@@ -13,6 +13,8 @@ BACKENDS = {
     "openvino": "fewstep.runtime.backends.openvino",
     "coreml": "fewstep.runtime.backends.coreml",
     "tensorrt": "fewstep.runtime.backends.tensorrt",
+    "torch-tensorrt": "fewstep.runtime.backends.torch_tensorrt",  # needs torch + torch-tensorrt on a GPU
+    "torch": "fewstep.runtime.backends.torch_eager",  # needs torch: the comparison point, not for serving
 }
 
 

@@ -1,0 +1,127 @@
+"""The runtime's torch backends: `--to torch` engines (the network run in torch eager, the comparison point)
+and the Torch-TensorRT loader, which needs a GPU and is checked here only up to what runs without one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_export import PROMPTS, _checkpoint, _export
+
+pytest.importorskip("onnxscript", reason="export needs the export extra: pip install 'fewstep[export]'")
+
+from fewstep.export.denoiser import HalfIO
+from fewstep.models.pipeline import TorchPipeline
+from fewstep.runtime import Generator
+from fewstep.runtime.backends import BACKENDS, load_engine
+from fewstep.runtime.engine import BackendUnavailable, EngineInputError
+
+
+@pytest.fixture(scope="module")
+def torch_bundle(tmp_path_factory):
+    """An embedded-guidance student (its w input exercises HalfIO's float32 pass-through) with ONNX and torch."""
+    root = tmp_path_factory.mktemp("torch-bundle")
+    ckpt = _checkpoint(root, "euler-embedded")
+    out = root / "b"
+    return out, ckpt, _export(ckpt, out, to=("onnx", "torch"), precision=("fp32", "fp16"))
+
+
+def test_every_exporter_writes_engines_a_runtime_backend_loads():
+    """Gates and `Generator` load engines by the backend the exporter names: each must be a runtime backend
+    (Torch-TensorRT engines once named one that did not exist, so no GPU could have gated or run them)."""
+    from fewstep.export.registry import EXPORTERS, RUNTIME_BACKEND
+
+    assert set(RUNTIME_BACKEND) == set(EXPORTERS)
+    assert set(RUNTIME_BACKEND.values()) <= set(BACKENDS)
+
+
+@pytest.mark.slow
+def test_torch_engines_pass_the_gates_and_match_the_torch_student_and_onnx(torch_bundle):
+    root, ckpt, manifest = torch_bundle
+    engines = {e["id"]: e for e in manifest["engines"]}
+    assert {"onnx-fp32", "torch-fp32", "torch-fp16"} <= set(engines)
+    assert engines["torch-fp32"]["gates"]["parity"]["psnr_db"] >= 60
+    assert engines["torch-fp16"]["gates"]["parity"]["psnr_db"] >= 40
+    assert engines["torch-fp32"]["files"] == {"denoiser.torch-fp32.safetensors": engines["torch-fp32"]["files"][
+        "denoiser.torch-fp32.safetensors"]}  # fmt: skip
+    seeds = [5, 6, 7]
+    ref = TorchPipeline.from_checkpoint(ckpt).generate(PROMPTS, seeds, guidance=4.0)
+    onnx = Generator.from_bundle(root, engine="onnx-fp32").generate(PROMPTS, seeds, guidance=4.0)
+    gen = Generator.from_bundle(root, engine="torch-fp32", threads=1)
+    assert gen.denoiser.backend == "torch"
+    out = gen.generate(PROMPTS, seeds, guidance=4.0)
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    assert np.abs(out.astype(int) - onnx.astype(int)).max() <= 1
+    half = Generator.from_bundle(root, engine="torch-fp16").generate(PROMPTS, seeds, guidance=4.0)
+    assert np.abs(half.astype(int) - ref.astype(int)).mean() < 1.0  # fp16 compute: close, not exact
+    # the comparison point is never picked over a real engine
+    assert Generator.from_bundle(root).engine_entry["backend"] != "torch"
+
+
+@pytest.mark.slow
+def test_torch_engine_validates_its_inputs_and_reads_only_safetensors(torch_bundle):
+    from safetensors import safe_open
+
+    root, _, manifest = torch_bundle
+    entry = next(e for e in manifest["engines"] if e["id"] == "torch-fp32")
+    path = root / "denoiser.torch-fp32.safetensors"
+    with safe_open(str(path), "pt") as f:  # a plain safetensors checkpoint: the spec rides in its metadata
+        assert "fewstep" in f.metadata() and "lora" not in f.metadata()["fewstep"]
+    engine = load_engine("torch", path, entry, threads=1)
+    feed = {n: np.zeros([2 if d == "B" else d for d in s["shape"]], np.float32) for n, s in entry["inputs"].items()}
+    assert engine.run(feed)["v"].shape == (2, *entry["outputs"]["v"]["shape"][1:])
+    with pytest.raises(EngineInputError, match="'x' must have shape"):
+        engine.run({**feed, "x": np.zeros((2, 3, 8, 8), np.float32)})
+    with pytest.raises(EngineInputError, match="missing \\['guidance'\\]"):
+        engine.run({k: v for k, v in feed.items() if k != "guidance"})
+
+
+@pytest.mark.slow
+def test_torch_engine_is_a_clear_error_where_torch_cannot_be_imported(torch_bundle):
+    root, _, _ = torch_bundle
+    code = (
+        "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'diffusers', 'transformers')]\n"
+        "from fewstep.runtime import Generator\n"
+        f"assert Generator.from_bundle({str(root)!r}).engine_entry['backend'] == 'onnxruntime'\n"
+        "try:\n"
+        f"    Generator.from_bundle({str(root)!r}, engine='torch-fp32')\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torch engines need torch" in out.stdout
+
+
+def test_half_io_computes_in_fp16_but_keeps_t_and_guidance_float32():
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        input_names = ("x", "t", "text", "text_mask", "guidance")
+
+        def forward(self, *args):
+            seen.update({n: a.dtype for n, a in zip(self.input_names, args, strict=True)})
+            return args[0]
+
+    args = [torch.zeros(2, 3, 4, 4), torch.ones(2), torch.zeros(2, 5, 8), torch.ones(2, 5), torch.full((2,), 3.0)]
+    out = HalfIO(Recorder())(*args)
+    assert seen == {"x": torch.float16, "t": torch.float32, "text": torch.float16, "text_mask": torch.float16,
+                    "guidance": torch.float32}  # fmt: skip
+    assert out.dtype == torch.float32
+
+
+def test_torch_tensorrt_backend_says_why_it_cannot_run_here(tmp_path):
+    from fewstep.runtime.backends.torch_tensorrt import unavailable_reason
+
+    entry = {"inputs": {}, "outputs": {"v": {"shape": ["B"], "dtype": "float32"}}}
+    with pytest.raises(BackendUnavailable, match=r"TorchScript \(\.ts\) only"):
+        load_engine("torch-tensorrt", tmp_path / "denoiser.torch-tensorrt-fp16.ep", entry)
+    reason = unavailable_reason()
+    if reason is None:
+        pytest.skip("Torch-TensorRT can run here: the GPU tests in test_export_tensorrt.py cover it")
+    with pytest.raises(BackendUnavailable, match=r"torch-tensorrt|CUDA"):
+        load_engine("torch-tensorrt", tmp_path / "denoiser.torch-tensorrt-fp16.ts", entry, threads=2)
