@@ -4,9 +4,11 @@
 
 1. runtime end to end vs bare engine calls (runtime overhead), 4-step student, batch 1;
 2. runtime vs the torch student run like a diffusers pipeline (torch eager + torch text encoder), batch 1, with
-   the engine the runtime picks by default and with each engine of --runtime-engines pinned;
-3. the 1-step student end to end vs the 50-step CFG teacher in torch, batch 1;
-4. cold start: process start -> first image (default engine, then each of --runtime-engines);
+   the engine the runtime picks by default and with each engine of --runtime-engines pinned (`torch-fp32`: the
+   same network in torch eager inside the runtime, which tells the engine's share of the gain from the pipeline's);
+3. the 1-step student end to end vs the 50-step CFG teacher in torch, batch 1, per engine of --one-step-engines
+   (fp32 as the default export keeps it, and int8);
+4. cold start: process start -> first image (default engine, then each non-torch engine of --runtime-engines);
 5. server throughput at concurrency 8 with micro-batching vs without (max batch 1): `fewstep serve` as users
    run it (each server times the bundle's engines at its own max batch and serves the fastest: the batched and
    the unbatched server may pick different engines, both recorded), then with each engine of --serve-engines
@@ -38,11 +40,17 @@ OUT = ROOT / "results" / "runtime"
 PROMPT = "a red circle on the left"
 
 
-def ensure_bundle(model: str, root: Path) -> Path:
-    out = root / model
+def ensure_bundle(model: str, root: Path, name: str | None = None, flags: tuple[str, ...] = (),
+                  engines: tuple[str, ...] = ()) -> Path:  # fmt: skip
+    """`fewstep export MODEL --out ROOT/NAME FLAGS` unless that bundle exists; then `--to torch --precision fp32`
+    into it when `engines` asks for `torch-fp32` (a re-export keeps every engine it does not rebuild)."""
+    out = root / (name or model)
+    export = [sys.executable, "-m", "fewstep.cli", "export", model, "--out", str(out), "--quiet"]
     if not (out / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "fewstep.cli", "export", model, "--out", str(out), "--quiet"],
-                       check=True)  # fmt: skip
+        subprocess.run([*export, *flags], check=True)
+    have = {e["id"] for e in json.loads((out / "manifest.json").read_text())["engines"]}
+    if "torch-fp32" in engines and "torch-fp32" not in have:
+        subprocess.run([*export, *flags, "--to", "torch", "--precision", "fp32"], check=True)
     return out
 
 
@@ -105,20 +113,35 @@ def runtime_vs_bare_and_torch(bundle: Path, runs: int, pinned: tuple[str, ...] =
     return {"bundle": str(bundle), **rows[0], "pinned_engines": rows[1:]}
 
 
-def one_step_vs_teacher(bundle: Path, runs: int) -> dict:
+def one_step_vs_teacher(bundle: Path, runs: int, engines: tuple[str, ...]) -> dict:
+    """The 1-step student end to end with each engine of `engines`, against one timing of the 50-step CFG teacher."""
     import torch
 
     from fewstep.models.pipeline import TorchPipeline
     from fewstep.runtime import Generator
 
-    gen = Generator.from_bundle(bundle)
     seeds = iter(range(10**6))
-    student = timed(lambda: gen.generate([PROMPT], [next(seeds)]), runs)
+    rows = []
+    for engine in engines:
+        gen = Generator.from_bundle(bundle, engine=engine)
+        entry = gen.engine_entry
+        student = timed(lambda g=gen: g.generate([PROMPT], [next(seeds)]), runs)
+        rows.append(
+            {
+                "engine": entry["id"],
+                "precision": entry["precision"],
+                "student_ms": ms(student),
+                "parity_psnr_db": entry["gates"]["parity"].get("psnr_db"),
+                "speed_gate": entry["gates"]["speed"],
+            }
+        )
+        del gen
     torch.set_num_threads(2)
     teacher = TorchPipeline.from_checkpoint("shapes32-teacher")
-    teacher_s = timed(lambda: teacher.generate([PROMPT], [next(seeds)], steps=50, guidance=3.0), 5, warmup=1)
-    return {"bundle": str(bundle), "engine": gen.engine_entry["id"], "student_ms": ms(student),
-            "teacher_50_step_cfg_ms": ms(teacher_s), "speedup": round(ms(teacher_s) / ms(student), 1)}  # fmt: skip
+    teacher_ms = ms(timed(lambda: teacher.generate([PROMPT], [next(seeds)], steps=50, guidance=3.0), 5, warmup=1))
+    for row in rows:
+        row.update(teacher_50_step_cfg_ms=teacher_ms, speedup=round(teacher_ms / row["student_ms"], 1))
+    return {"bundle": str(bundle), "engines": rows}
 
 
 def cold(bundle: Path, pinned: tuple[str, ...] = ()) -> dict:
@@ -230,8 +253,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument(
         "--runtime-engines",
-        default="openvino-int8",
-        help="engines to pin for the runtime-vs-torch and cold-start rows besides the default one (comma-separated)",
+        default="openvino-int8,torch-fp32",
+        help="engines to pin for the runtime-vs-torch rows besides the default one (comma-separated; torch-fp32, the "
+        "network in torch eager inside the same runtime, splits the speedup into engine and pipeline)",
+    )
+    parser.add_argument(
+        "--one-step-engines",
+        default="onnx-fp32,onnx-int8-ort",
+        help="engines of the 1-step student timed against the teacher (its bundle is exported with the speed gate "
+        "recording only, so an int8 engine that passed parity is kept even where it is not faster)",
     )
     parser.add_argument(
         "--serve-engines",
@@ -241,12 +271,14 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.bundles)
     pinned = tuple(e for e in args.runtime_engines.split(",") if e)
-    four, one = ensure_bundle("shapes32-progressive-4step", root), ensure_bundle("shapes32-slimflow", root)
+    one_step = tuple(e for e in args.one_step_engines.split(",") if e)
+    four = ensure_bundle("shapes32-progressive-4step", root, engines=pinned)
+    one = ensure_bundle("shapes32-slimflow", root, "shapes32-slimflow-speed-gate-off", ("--speed-gate", "false"))
     result = {
         "machine": machine(),
         "runtime": runtime_vs_bare_and_torch(four, args.runs, pinned),
-        "one_step_vs_teacher": one_step_vs_teacher(one, args.runs),
-        "cold_start": cold(four, pinned),
+        "one_step_vs_teacher": one_step_vs_teacher(one, args.runs, one_step),
+        "cold_start": cold(four, tuple(e for e in pinned if not e.startswith("torch"))),
         "serving": serving(four, tuple(e for e in args.serve_engines.split(",") if e)),
         "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -58,8 +58,12 @@ def test_torch_engines_pass_the_gates_and_match_the_torch_student_and_onnx(torch
     assert np.abs(out.astype(int) - onnx.astype(int)).max() <= 1
     half = Generator.from_bundle(root, engine="torch-fp16").generate(PROMPTS, seeds, guidance=4.0)
     assert np.abs(half.astype(int) - ref.astype(int)).mean() < 1.0  # fp16 compute: close, not exact
-    # the comparison point is never picked over a real engine
+    # the comparison point is never picked over a real engine, by priority or by the server's timing
     assert Generator.from_bundle(root).engine_entry["backend"] != "torch"
+    from fewstep.runtime.engine_pick import measure_engines
+
+    rows = {r["engine"]: r for r in measure_engines(root, 1, threads=1, runs=1)}
+    assert "pin it with --engine torch-fp32" in rows["torch-fp32"]["skipped"] and "images_per_s" in rows["onnx-fp32"]
 
 
 @pytest.mark.slow

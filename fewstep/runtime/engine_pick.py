@@ -3,10 +3,10 @@
 The documented priority (`generator.BACKEND_PRIORITY`) is a good guess for one image at a time, but the engine
 that is fastest at batch 1 is not always the one that batches best (on the 2-core Xeon of the README, ONNX
 Runtime int8 at batch 1, OpenVINO int8 at batch 8). `fewstep serve` therefore times every engine that loads
-here with `fewstep bench`'s own end-to-end measurement (`bench.bench_batches`) at its batch size, one engine at
-a time (an idle ONNX Runtime session spinning its threads would slow the one being timed), and serves the
-winner. The timing runs in a child process (`bench.run_probe`), so the engines it loads leave neither memory
-nor threads behind in the server.
+here (but the torch comparison engines, when the bundle has real ones) with `fewstep bench`'s own end-to-end
+measurement (`bench.bench_batches`) at its batch size, one engine at a time (an idle ONNX Runtime session
+spinning its threads would slow the one being timed), and serves the winner. The timing runs in a child process
+(`bench.run_probe`), so the engines it loads leave neither memory nor threads behind in the server.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from .bench import bench_batches, run_probe
 from .bundle import BundleError, read_manifest
 from .engine import BackendUnavailable
-from .generator import Generator, engine_order
+from .generator import COMPARISON_BACKENDS, Generator, engine_order
 
 
 def measure_engines(path: str | Path, batch: int, threads: int | None = None, decoder: str | None = None,
@@ -27,7 +27,13 @@ def measure_engines(path: str | Path, batch: int, threads: int | None = None, de
     if batch < 1 or runs < 1:
         raise ValueError(f"batch and runs must be >= 1; got {batch}, {runs}")
     rows = []
-    for entry in engine_order(read_manifest(Path(path)).get("engines", [])):
+    entries = engine_order(read_manifest(Path(path)).get("engines", []))
+    has_real = any(e["backend"] not in COMPARISON_BACKENDS for e in entries)
+    for entry in entries:
+        if has_real and entry["backend"] in COMPARISON_BACKENDS:
+            rows.append({"engine": entry["id"], "skipped": "a comparison engine (torch eager), not timed for serving; "
+                         f"pin it with --engine {entry['id']}"})  # fmt: skip
+            continue
         try:
             gen = Generator.from_bundle(path, engine=entry["id"], threads=threads, decoder=decoder)
         except BackendUnavailable as e:
