@@ -132,7 +132,7 @@ def one_step_vs_teacher(bundle: Path, runs: int, engines: tuple[str, ...]) -> di
                 "precision": entry["precision"],
                 "student_ms": ms(student),
                 "parity_psnr_db": entry["gates"]["parity"].get("psnr_db"),
-                "speed_gate": entry["gates"]["speed"],
+                "speed_gate": entry["gates"].get("speed"),
             }
         )
         del gen
