@@ -3,6 +3,7 @@ and the Torch-TensorRT loader, which needs a GPU and is checked here only up to 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -74,7 +75,7 @@ def test_torch_engine_validates_its_inputs_and_reads_only_safetensors(torch_bund
     entry = next(e for e in manifest["engines"] if e["id"] == "torch-fp32")
     path = root / "denoiser.torch-fp32.safetensors"
     with safe_open(str(path), "pt") as f:  # a plain safetensors checkpoint: the spec rides in its metadata
-        assert "fewstep" in f.metadata() and "lora" not in f.metadata()["fewstep"]
+        assert json.loads(f.metadata()["fewstep"])["kind"] == "unet-flow"
     engine = load_engine("torch", path, entry, threads=1)
     feed = {n: np.zeros([2 if d == "B" else d for d in s["shape"]], np.float32) for n, s in entry["inputs"].items()}
     assert engine.run(feed)["v"].shape == (2, *entry["outputs"]["v"]["shape"][1:])
@@ -107,15 +108,84 @@ def test_half_io_computes_in_fp16_but_keeps_t_and_guidance_float32():
     class Recorder(torch.nn.Module):
         input_names = ("x", "t", "text", "text_mask", "guidance")
 
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("table", torch.linspace(0.9, 0.91, 11, dtype=torch.float64))  # like VP's t table
+            self.register_buffer("scale", torch.ones(1))
+
         def forward(self, *args):
             seen.update({n: a.dtype for n, a in zip(self.input_names, args, strict=True)})
             return args[0]
 
     args = [torch.zeros(2, 3, 4, 4), torch.ones(2), torch.zeros(2, 5, 8), torch.ones(2, 5), torch.full((2,), 3.0)]
-    out = HalfIO(Recorder())(*args)
+    half = HalfIO(Recorder())
+    out = half(*args)
     assert seen == {"x": torch.float16, "t": torch.float32, "text": torch.float16, "text_mask": torch.float16,
                     "guidance": torch.float32}  # fmt: skip
     assert out.dtype == torch.float32
+    # float64 tables keep their precision (in fp16 these 11 values would collapse to 2); other floats go fp16
+    assert half.inner.table.dtype == torch.float64 and len(set(half.inner.table.tolist())) == 11
+    assert half.inner.scale.dtype == torch.float16
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_tensorrt_program_exports_with_every_optional_input_and_a_dynamic_batch(precision):
+    """The torch.export step of the Torch-TensorRT exporter, on CPU: an embedded-guidance student (a fifth,
+    optional input) exports with one batch dimension and the program matches the module at other batches."""
+    from fewstep.export.denoiser import denoiser_from_spec
+    from fewstep.export.to_torch_tensorrt import export_program
+    from fewstep.models.unet_flow import build_unet_flow
+    from tests.conftest import tiny_spec
+    from tests.distill_fixtures import TINY_TEACHER
+
+    unet = dict(TINY_TEACHER, time_cond_proj_dim=8)
+    torch.manual_seed(0)
+    spec = tiny_spec(unet)
+    denoiser = denoiser_from_spec(build_unet_flow(unet), spec).eval()
+    assert denoiser.input_names[-1] == "guidance"
+    module = HalfIO(denoiser) if precision == "fp16" else denoiser
+    with torch.no_grad():
+        program = export_program(module, denoiser.example_inputs(2), max_batch=8).module()
+        for batch in (1, 5):
+            inputs = denoiser.example_inputs(batch, seed=batch)
+            torch.testing.assert_close(program(*inputs), module(*inputs), atol=1e-4, rtol=1e-4)
+
+
+def test_torch_tensorrt_engine_declares_its_profiles_batch_limit(monkeypatch, tmp_path):
+    """The Generator splits requests by `max_batch`; without it a parity gate of 32 CFG prompts (64 rows) would
+    overrun a profile of 32 on the GPU."""
+    from fewstep.runtime.backends import torch_tensorrt
+
+    monkeypatch.setattr(torch_tensorrt, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: torch.nn.Identity())
+    entry = {
+        "inputs": {"x": {"shape": ["B"], "dtype": "float32"}},
+        "outputs": {"v": {"shape": ["B"], "dtype": "float32"}},
+    }
+    path = tmp_path / "denoiser.torch-tensorrt-fp16.ts"
+    engine = torch_tensorrt.open_engine(path, {**entry, "info": {"profile": {"min": 1, "opt": 1, "max": 32}}})
+    assert engine.backend == "torch-tensorrt" and engine.max_batch == 32
+    assert not hasattr(torch_tensorrt.open_engine(path, entry), "max_batch")  # the speed gate's temporary fp32
+
+
+def test_server_times_a_torch_engine_when_no_other_engine_runs_here(monkeypatch):
+    from fewstep.runtime import engine_pick
+
+    engines = [{"id": "torch-fp32", "backend": "torch", "precision": "fp32"},
+               {"id": "tensorrt-fp16", "backend": "tensorrt", "precision": "fp16"}]  # fmt: skip
+    monkeypatch.setattr(engine_pick, "read_manifest", lambda _p: {"engines": engines})
+    runs_here = {"torch-fp32"}
+
+    def measure(path, entry, *args):
+        if entry["id"] in runs_here:
+            return {"engine": entry["id"], "batch": 1, "ms_per_call": 1.0, "images_per_s": 1.0}
+        return {"engine": entry["id"], "skipped": "no GPU"}
+
+    monkeypatch.setattr(engine_pick, "_measure", measure)
+    assert engine_pick.fastest_engine(engine_pick.measure_engines("b", 1)) == "torch-fp32"
+    runs_here.add("tensorrt-fp16")
+    rows = {r["engine"]: r for r in engine_pick.measure_engines("b", 1)}
+    assert "images_per_s" in rows["tensorrt-fp16"] and "pin it with --engine" in rows["torch-fp32"]["skipped"]
 
 
 def test_torch_tensorrt_backend_says_why_it_cannot_run_here(tmp_path):

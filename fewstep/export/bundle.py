@@ -26,6 +26,7 @@ from ..models.loading import model_sha256, resolve_checkpoint
 from ..models.pipeline import TorchPipeline, sampling_times
 from ..runtime.backends import load_engine
 from ..runtime.bundle import BUNDLE_FORMAT, IN_PROGRESS, MANIFEST, read_manifest, sha256_of, size_of
+from ..runtime.engine import BackendUnavailable
 from ..runtime.generator import Generator
 from ..runtime.text import RuntimeTextEncoder
 from .calibration import calibration_prompts, record_sampler_inputs
@@ -414,7 +415,11 @@ class BundleExport:
             why = f"not run: {reason}"
             return {"parity": {"status": why}, "speed": {"status": why}}
         main = self.root / next(iter(entry["files"]))
-        engine = load_engine(entry["backend"], main, entry, **side_by_side_options(entry["backend"]))
+        try:
+            engine = load_engine(entry["backend"], main, entry, **side_by_side_options(entry["backend"]))
+        except BackendUnavailable as e:  # written, but in a form the runtime does not load (e.g. an exported program)
+            why = f"not run: {e}"
+            return {"parity": {"status": why}, "speed": {"status": why}}
         decoder = None
         if self._decoder_entry is not None:
             decoder = load_engine("onnxruntime", self.root / "decoder.onnx", self._decoder_entry)

@@ -99,7 +99,12 @@ class HalfIO(nn.Module):
     def __init__(self, denoiser: Denoiser):
         super().__init__()
         self.keep_float = [name in ("t", "guidance") for name in denoiser.input_names]
+        # float64 tables (the VP adapter's t -> diffusion-step map) stay float64: in fp16 neighbours merge
+        doubles = {n: b for n, b in denoiser.named_buffers() if b.dtype == torch.float64}
         self.inner = denoiser.half()
+        for name, buffer in doubles.items():
+            owner, _, leaf = name.rpartition(".")
+            self.inner.get_submodule(owner)._buffers[leaf] = buffer
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                 extra1: torch.Tensor | None = None, extra2: torch.Tensor | None = None,

@@ -35,16 +35,20 @@ def _torch_tensorrt():
 
 
 def can_run() -> str | None:
-    """None when Torch-TensorRT modules can be compiled and run here, else the reason."""
-    try:
-        _torch_tensorrt()
-    except ImportError as e:
-        return str(e)
+    """None when Torch-TensorRT modules can be compiled and run here, else the reason (the runtime backend's check)."""
+    from ..runtime.backends.torch_tensorrt import unavailable_reason
+
+    return unavailable_reason()
+
+
+def export_program(module, examples: tuple, max_batch: int):
+    """`torch.export` of the denoiser (or its `HalfIO`) with one batch `Dim` shared by every input, given by
+    position: the forward's optional inputs are named extra1..3, not pooled / extra_ids / guidance. Runs on any
+    device (tested on CPU); Torch-TensorRT compiles the result."""
     import torch
 
-    if not torch.cuda.is_available():
-        return f"torch {torch.__version__} sees no CUDA device: Torch-TensorRT needs an NVIDIA GPU and a CUDA torch"
-    return None
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    return torch.export.export(module, examples, dynamic_shapes=tuple({0: batch} for _ in examples))
 
 
 def compile_denoiser(ctx: ExportContext, precision: str):
@@ -69,10 +73,9 @@ def compile_denoiser(ctx: ExportContext, precision: str):
         )
         for s in specs
     ]
-    batch = torch.export.Dim("batch", min=1, max=top)
     examples = tuple(t.cuda() for t in ctx.denoiser.example_inputs(2))  # batch 2: export specializes size-1 axes
     with torch.no_grad():
-        program = torch.export.export(module, examples, dynamic_shapes={s.name: {0: batch} for s in specs})
+        program = export_program(module, examples, top)
         compiled = torch_trt.compile(
             program,
             ir="dynamo",

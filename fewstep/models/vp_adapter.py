@@ -77,7 +77,8 @@ class VPFlowAdapter(nn.Module):
         alpha = ((1 - t) / r).view(-1, 1, 1, 1)
         sigma = (t / r).view(-1, 1, 1, 1)
         z = ((alpha + sigma) * x.double()).to(x.dtype)
-        out = self.denoiser(z, s.to(x.dtype), cond).double()
+        # the step in float32 whatever x is: fp16 would round it to 0.5 above 512 (diffusers embeds it in float32)
+        out = self.denoiser(z, s.float(), cond).double()
         if self.prediction_type == "epsilon":
             eps_hat = out
             x0_hat = (z.double() - sigma * eps_hat) / alpha

@@ -3,7 +3,7 @@
 The documented priority (`generator.BACKEND_PRIORITY`) is a good guess for one image at a time, but the engine
 that is fastest at batch 1 is not always the one that batches best (on the 2-core Xeon of the README, ONNX
 Runtime int8 at batch 1, OpenVINO int8 at batch 8). `fewstep serve` therefore times every engine that loads
-here (but the torch comparison engines, when the bundle has real ones) with `fewstep bench`'s own end-to-end
+here (the torch comparison engines only when no other engine runs) with `fewstep bench`'s own end-to-end
 measurement (`bench.bench_batches`) at its batch size, one engine at a time (an idle ONNX Runtime session
 spinning its threads would slow the one being timed), and serves the winner. The timing runs in a child process
 (`bench.run_probe`), so the engines it loads leave neither memory nor threads behind in the server.
@@ -26,24 +26,26 @@ def measure_engines(path: str | Path, batch: int, threads: int | None = None, de
     reason instead."""
     if batch < 1 or runs < 1:
         raise ValueError(f"batch and runs must be >= 1; got {batch}, {runs}")
-    rows = []
     entries = engine_order(read_manifest(Path(path)).get("engines", []))
-    has_real = any(e["backend"] not in COMPARISON_BACKENDS for e in entries)
-    for entry in entries:
-        if has_real and entry["backend"] in COMPARISON_BACKENDS:
-            rows.append({"engine": entry["id"], "skipped": "a comparison engine (torch eager), not timed for serving; "
-                         f"pin it with --engine {entry['id']}"})  # fmt: skip
-            continue
-        try:
-            gen = Generator.from_bundle(path, engine=entry["id"], threads=threads, decoder=decoder)
-        except BackendUnavailable as e:
-            rows.append({"engine": entry["id"], "skipped": str(e)})
-            continue
-        row = bench_batches(gen, [batch], runs, warmup=1)[0]
-        rows.append({"engine": entry["id"], "batch": batch, "ms_per_call": row["p50_ms"],
-                     "images_per_s": row["images_per_s"]})  # fmt: skip
-        del gen  # one engine's threads at a time
+    real = [e for e in entries if e["backend"] not in COMPARISON_BACKENDS]
+    rows = [_measure(path, e, batch, threads, decoder, runs) for e in real]
+    for entry in [e for e in entries if e["backend"] in COMPARISON_BACKENDS]:
+        if any("images_per_s" in r for r in rows):
+            rows.append({"engine": entry["id"], "skipped": "a comparison engine (torch eager), not timed for serving "
+                         f"while another engine runs here; pin it with --engine {entry['id']}"})  # fmt: skip
+        else:
+            rows.append(_measure(path, entry, batch, threads, decoder, runs))
     return rows
+
+
+def _measure(path: str | Path, entry: dict, batch: int, threads: int | None, decoder: str | None, runs: int) -> dict:
+    try:
+        gen = Generator.from_bundle(path, engine=entry["id"], threads=threads, decoder=decoder)
+    except BackendUnavailable as e:
+        return {"engine": entry["id"], "skipped": str(e)}
+    row = bench_batches(gen, [batch], runs, warmup=1)[0]
+    del gen  # one engine's threads at a time
+    return {"engine": entry["id"], "batch": batch, "ms_per_call": row["p50_ms"], "images_per_s": row["images_per_s"]}
 
 
 def fastest_engine(rows: list[dict]) -> str:

@@ -24,7 +24,8 @@ from .text import RuntimeTextEncoder
 # ("torch" engines, the comparison point, come last: chosen only when pinned or when nothing else loads)
 BACKEND_PRIORITY = ("tensorrt", "torch-tensorrt", "coreml", "onnxruntime", "openvino", "torch")
 PRECISION_PRIORITY = ("int8", "fp16", "fp32")
-COMPARISON_BACKENDS = ("torch",)  # engines to compare with, not to serve: `fewstep serve` does not time them
+# engines to compare with, not to serve: `fewstep serve` times them only when no other engine runs here
+COMPARISON_BACKENDS = ("torch",)
 
 
 def engine_order(engines: list[dict]) -> list[dict]:

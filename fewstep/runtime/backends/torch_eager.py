@@ -54,12 +54,16 @@ def open_engine(path: Path, entry: dict, threads: int | None = None, device: str
     torch = _torch()
     try:
         from ...export.denoiser import Denoiser, HalfIO
+        from ...models.checkpoint import CheckpointError
         from ...models.loading import load_model
     except ImportError as e:
         raise BackendUnavailable(f"torch engines need fewstep's model code and its dependencies: {e}") from e
+    try:  # safetensors; the network is rebuilt from the spec (diffusers), nothing is unpickled
+        model, spec = load_model(path)
+    except (ImportError, CheckpointError) as e:
+        raise BackendUnavailable(f"cannot load the torch engine {Path(path).name}: {e}") from e
     if threads:
         torch.set_num_threads(int(threads))
-    model, spec = load_model(path)  # safetensors; the network is rebuilt from the spec, nothing is unpickled
     ins = entry["inputs"]
     optional = {n: int(ins[n]["shape"][1]) if n in ins else None for n in ("pooled", "extra_ids")}
     text = ins["text"]["shape"]

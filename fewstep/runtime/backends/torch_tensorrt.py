@@ -5,6 +5,8 @@ Needs torch with CUDA and torch-tensorrt (`pip install 'fewstep[gpu]'`); importi
 TensorRT runtime ops the TorchScript module calls. Only the TorchScript format is loaded: an exported-program
 file (`torch_trt_format: exported_program`) goes through `torch.export.load`, which can fall back to unpickling
 code, and the runtime never unpickles code; load those yourself with `torch_tensorrt.load` if you trust them.
+A TorchScript file is a program too (its graph runs as written): the runtime loads it only after the bundle's
+sha256 check, like every engine file.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ def unavailable_reason() -> str | None:
     try:
         importlib.import_module("torch_tensorrt")
     except ImportError:
-        return "torch-tensorrt is not installed: it needs an NVIDIA GPU and pip install 'fewstep[gpu]'"
+        return (
+            "torch-tensorrt is not installed: it needs an NVIDIA GPU and `torch-tensorrt` matching your CUDA torch: "
+            "pip install 'fewstep[gpu]' (its wheels come from NVIDIA's / PyTorch's indexes)"
+        )
     if not torch.cuda.is_available():
         return "no CUDA device is visible to torch (an NVIDIA GPU, its driver and a CUDA build of torch are needed)"
     return None
@@ -45,4 +50,8 @@ def open_engine(path: Path, entry: dict, threads: int | None = None, device: int
     # float32 inputs and outputs whatever the precision (the exporter's io_dtype; fp16 casts inside)
     engine = TorchModuleEngine(module, entry["inputs"], entry["outputs"], f"cuda:{device}")
     engine.backend = "torch-tensorrt"
+    # the embedded TensorRT engines take batches up to their profile's max: the Generator splits larger requests
+    profile = (entry.get("info") or {}).get("profile") or {}
+    if profile.get("max"):
+        engine.max_batch = int(profile["max"])
     return engine
