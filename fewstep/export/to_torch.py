@@ -24,7 +24,7 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
         raise ValueError("torch export needs the model's spec (ExportContext.spec) to rebuild the network")
     from ..models.loading import save_model
 
-    spec = {k: v for k, v in ctx.spec.items() if k not in ("lora", "format", "params")}  # the network is fused
+    spec = {k: v for k, v in ctx.spec.items() if k != "lora"}  # the network is fused; save_model sets the rest
     path = ctx.out_dir / f".denoiser.torch-{precision}.tmp.safetensors"
     save_model(path, ctx.denoiser.model, spec, dtype=DTYPES[precision])
     info = {"format": "fewstep checkpoint (safetensors)", "torch": torch.__version__, "kind": spec["kind"],
