@@ -48,9 +48,9 @@ def sd_vae():
 
 
 def decoders() -> dict[str, torch.nn.Module]:
-    from fewstep.compress.tiny_decoder import TinyDecoder
     from fewstep.export.decoder import ImageDecoder, TinyImageDecoder
     from fewstep.models.diffusers_dir import LatentCodec
+    from fewstep.models.tiny_decoder import TinyDecoder
 
     spec = {
         "image": {"channels": 4, "height": LATENT, "width": LATENT},

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewstep.core.imaging import psnr, to_uint8
 from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, _eval_set, adherence
 from fewstep.evaluation.quality import fid_kid, judge_features
 from fewstep.evaluation.train_judge import load_judge
 from fewstep.export.bundle import BundleExport, side_by_side_options
 from fewstep.export.config import ExportConfig
-from fewstep.export.gates import psnr, side_by_side_ms, speed_inputs
-from fewstep.imaging import to_uint8
+from fewstep.export.gates import side_by_side_ms, speed_inputs
 from fewstep.models.pipeline import sampling_times
 from fewstep.runtime.backends import load_engine
 from fewstep.runtime.engine import BackendUnavailable

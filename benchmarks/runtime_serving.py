@@ -71,8 +71,8 @@ def ms(x: list[float]) -> float:
 
 def one_request_inputs(gen, prompt: str) -> dict[str, np.ndarray]:
     """The engine inputs of one denoiser call for one image (both CFG branches where the engine runs CFG)."""
-    from fewstep.noise import seeded_noise_np
-    from fewstep.sampling_rules import resolve_guidance
+    from fewstep.core.noise import seeded_noise_np
+    from fewstep.core.sampling_rules import resolve_guidance
 
     cond = gen.text.encode([prompt])
     x, t = seeded_noise_np([0], gen.shape), np.ones(1, np.float32)

@@ -7,7 +7,8 @@ import importlib
 import os
 import sys
 
-from . import __version__
+from fewstep import __version__
+from fewstep.core.errors import USER_ERRORS
 
 COMMANDS = (
     "info",
@@ -65,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
-    from .errors import USER_ERRORS
-
     try:
         return int(args.run(args) or 0)
     except USER_ERRORS as e:  # bad input: one clear line, no traceback (FEWSTEP_DEBUG=1 shows it)

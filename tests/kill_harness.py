@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fewstep.fsio import is_stale_temp as is_temp
+from fewstep.core.fsio import is_stale_temp as is_temp
 from fewstep.runtime.bundle import BUNDLE_FORMAT, IN_PROGRESS, MANIFEST, BundleError, read_manifest, verify_file
 
 KILLS = int(os.environ.get("FEWSTEP_KILLS", "2"))

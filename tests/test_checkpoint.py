@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import random_cond, tiny_spec
 
-from fewstep.fsio import OutputWriteError, atomic_write, remove_stale_temps
+from fewstep.core.fsio import OutputWriteError, atomic_write, remove_stale_temps
 from fewstep.models.checkpoint import (
     CheckpointError,
     load_foreign_state_dict,

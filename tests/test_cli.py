@@ -150,7 +150,7 @@ def test_eval_writes_json_with_labelled_domain_fid(checkpoint, tmp_path, capsys)
 
 def test_demo_sweep_covers_the_chain_and_stages_are_reused(tmp_path, capsys):
     from fewstep.commands.demo import Stages, demo_sweep
-    from fewstep.evaluation.report.sweep import expand, parse_sweep
+    from fewstep.report.sweep import expand, parse_sweep
 
     cfg = parse_sweep(demo_sweep(tmp_path / "student" / "model.safetensors", tmp_path / "bundle", 128, 2))
     units = expand(cfg, {str((tmp_path / "bundle").resolve()): ["onnx-fp32", "onnx-int8-ort", "openvino-fp32"]})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fewstep.compress.teacher import TeacherConfig
-from fewstep.config import ConfigError, load_config, to_yaml
+from fewstep.core.config import ConfigError, load_config, to_yaml
 from fewstep.models.text_encoders import PromptTooLongError
 
 

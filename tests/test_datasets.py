@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewstep.imaging import to_uint8
+from fewstep.core.imaging import to_uint8
 from fewstep.models.datasets import DigitsDataset, ImageFolderError, make_dataset, to_model_range
 from fewstep.models.datasets.shapes import CELL_PHRASES, RELATION_PHRASES, ShapesDataset, ShapesLabel
 

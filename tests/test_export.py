@@ -249,7 +249,7 @@ def test_bundled_tokenizer_and_text_encoder_match_torch(cfg_bundle, encoder):
 
 
 def test_bad_export_requests_are_clear(ckpts, tmp_path):
-    from fewstep.config import ConfigError
+    from fewstep.core.config import ConfigError
 
     with pytest.raises(ExportError, match="unknown export target 'onnxx'"):
         _export(ckpts["euler-none"], tmp_path / "b", to=("onnxx",))

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fewstep.config import ConfigError
-from fewstep.evaluation.report.pareto import pareto_front
-from fewstep.evaluation.report.sweep import load_sweep, parse_sweep
+from fewstep.core.config import ConfigError
+from fewstep.report.pareto import pareto_front
+from fewstep.report.sweep import load_sweep, parse_sweep
 from tests.conftest import tiny_spec
 from tests.distill_fixtures import TINY_TEACHER
 
@@ -70,7 +70,7 @@ def sweep_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(sweep_dir):
-    from fewstep.evaluation.report.run import run_report
+    from fewstep.report.run import run_report
 
     return run_report(load_sweep(sweep_dir / "sweep.yaml"), sweep_dir / "out", progress=False, log=lambda _m: None)
 
@@ -118,7 +118,7 @@ def test_broken_systems_are_reported_not_fatal(first_run):
 
 
 def test_rerun_reuses_measured_systems_and_retries_failures(first_run, sweep_dir):
-    from fewstep.evaluation.report.run import run_report
+    from fewstep.report.run import run_report
 
     cfg = load_sweep(sweep_dir / "sweep.yaml")
     again = run_report(cfg, sweep_dir / "out", progress=False, log=lambda _m: None)
@@ -130,7 +130,7 @@ def test_rerun_reuses_measured_systems_and_retries_failures(first_run, sweep_dir
 
 
 def test_a_broken_engine_is_a_row_of_the_report(first_run, sweep_dir, tmp_path):
-    from fewstep.evaluation.report.run import run_report
+    from fewstep.report.run import run_report
 
     bundle = tmp_path / "bundle"
     shutil.copytree(sweep_dir / "bundle", bundle)
@@ -179,7 +179,7 @@ def test_report_cli_example_parses_and_help_teaches(capsys, tmp_path):
 
 def test_own_image_folder_sweeps_like_the_built_in_data(first_run, sweep_dir, tmp_path):
     """A user's folder (metadata.jsonl) is the prompt set and FID reference; adherence is left out, not faked."""
-    from fewstep.evaluation.report.run import run_report
+    from fewstep.report.run import run_report
 
     data = tmp_path / "my-images"
     data.mkdir()

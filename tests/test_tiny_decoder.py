@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from fewstep.compress.tiny_decoder import (
-    DecoderDistillConfig,
-    TinyDecoder,
-    distill_decoder,
-    evaluate_tiny_decoder,
-    load_tiny_decoder,
-)
+from fewstep.compress.tiny_decoder import DecoderDistillConfig, distill_decoder, evaluate_tiny_decoder
 from fewstep.models.checkpoint import CheckpointError
 from fewstep.models.diffusers_dir import load_codec
 from fewstep.models.loading import load_model
+from fewstep.models.tiny_decoder import TinyDecoder, load_tiny_decoder
 from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd_pipeline
 from tests.distill_fixtures import distill_tiny
 
@@ -96,7 +91,7 @@ def test_bundle_carries_both_decoders_and_the_runtime_picks_one(trained, tmp_pat
 
 
 def test_tiny_decoder_bad_inputs_are_named(trained, tmp_path):
-    from fewstep.config import ConfigError
+    from fewstep.core.config import ConfigError
     from fewstep.export.config import ExportConfig
 
     _, path = trained
@@ -115,8 +110,8 @@ def test_tiny_decoder_bad_inputs_are_named(trained, tmp_path):
         load_tiny_decoder(student)
     with pytest.raises(ValueError, match="works in pixel space"):
         distill_decoder(_cfg("shapes32-teacher"), tmp_path / "pixel", progress=False)
-    from fewstep.compress.tiny_decoder import check_decoder_fits
     from fewstep.models.loading import model_spec
+    from fewstep.models.tiny_decoder import check_decoder_fits
 
     with pytest.raises(ValueError, match="works in pixel space"):  # --tiny-decoder on a pixel-space student
         check_decoder_fits(load_tiny_decoder(path)[1], model_spec("shapes32-teacher"), None)

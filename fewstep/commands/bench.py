@@ -8,8 +8,8 @@ import json
 import time
 from pathlib import Path
 
-from ..fsio import atomic_write_text
-from .run_flags import count
+from fewstep.commands.run_flags import count
+from fewstep.core.fsio import atomic_write_text
 
 HELP = "measure a bundle's latency per batch size and stage, cold start, memory, edge profiles; vs torch and teacher"
 EPILOG = """examples:
@@ -61,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _torch_rows(manifest: dict, args: argparse.Namespace, prompt: str) -> list[dict]:
     import torch
 
-    from ..models.loading import SHIPPED
-    from ..models.pipeline import TorchPipeline
-    from ..runtime.bench import percentiles
+    from fewstep.models.loading import SHIPPED
+    from fewstep.models.pipeline import TorchPipeline
+    from fewstep.runtime.bench import percentiles
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,8 +89,8 @@ def _torch_rows(manifest: dict, args: argparse.Namespace, prompt: str) -> list[d
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime import Generator
-    from ..runtime.bench import DEFAULT_PROMPTS, EDGE_PROFILES, bench_batches, cold_start, machine
+    from fewstep.runtime import Generator
+    from fewstep.runtime.bench import DEFAULT_PROMPTS, EDGE_PROFILES, bench_batches, cold_start, machine
 
     if args.runs < 1 or args.warmup < 0 or not args.batch_sizes or min(args.batch_sizes) < 1:
         raise ValueError("--runs must be >= 1, --warmup >= 0 and every batch size >= 1")

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from ..fsio import atomic_write_text
-from .run_flags import count
+from fewstep.commands.run_flags import count
+from fewstep.core.fsio import atomic_write_text
 
 HELP = "run the whole chain on the built-in default: distill, export, bench and a latency-vs-FID report"
 EPILOG = """stages (each reused when it finished before, so the demo is safe to re-run or to resume after a kill):
@@ -83,9 +83,9 @@ class Stages:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..cli import main as cli
-    from ..evaluation.report.run import run_report
-    from ..evaluation.report.sweep import load_sweep
+    from fewstep.cli import main as cli
+    from fewstep.report.run import run_report
+    from fewstep.report.sweep import load_sweep
 
     if args.distill_steps < 1 or args.n < 10:
         raise ValueError("--distill-steps must be >= 1 and --n >= 10")

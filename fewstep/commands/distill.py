@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .run_flags import add_run_flags, resolve_run_config
+from fewstep.commands.run_flags import add_run_flags, resolve_run_config
 
 HELP = "distill a teacher into a fast (and smaller) student: reflow, slimflow, instaflow, guidance, consistency, ..."
 EPILOG = """methods (METHODS.md has the equations):
@@ -38,7 +38,7 @@ The student checkpoint (OUT/model.safetensors) records its sampler rule, timeste
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..compress.distill import METHODS, DistillConfig
+    from fewstep.compress.distill import METHODS, DistillConfig
 
     p = sub.add_parser("distill", help=HELP, description=HELP, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -48,13 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compress.distill import DistillConfig, distill
+    from fewstep.compress.distill import DistillConfig, distill
 
     cfg = resolve_run_config(DistillConfig, args, method=args.method_name)
     if cfg is None:
         return 0
     path = distill(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    from ..compress.distributed import is_main
+    from fewstep.compress.distributed import is_main
 
     if is_main():  # under torchrun every rank returns here; one says it
         print(f"student saved to {path}; try: fewstep generate {path} --prompt 'a red circle on the left'")

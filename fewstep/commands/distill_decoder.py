@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .run_flags import add_run_flags, resolve_run_config
+from fewstep.commands.run_flags import add_run_flags, resolve_run_config
 
 HELP = "distil a latent model's VAE decoder into a tiny TAESD-like decoder (the one-step latency fix)"
 EPILOG = """At one or two denoiser steps the VAE decoder dominates latency. The tiny decoder learns the VAE
@@ -19,7 +19,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..compress.tiny_decoder import DecoderDistillConfig
+    from fewstep.compress.tiny_decoder import DecoderDistillConfig
 
     p = sub.add_parser("distill-decoder", help=HELP, description=HELP, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compress.tiny_decoder import DecoderDistillConfig, distill_decoder
+    from fewstep.compress.tiny_decoder import DecoderDistillConfig, distill_decoder
 
     cfg = resolve_run_config(DecoderDistillConfig, args)
     if cfg is None:

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..fsio import atomic_write_text
-from .run_flags import count
+from fewstep.commands.run_flags import count
+from fewstep.core.fsio import atomic_write_text
 
 HELP = "measure domain FID, KID and prompt adherence of a model at several step counts"
 EPILOG = """examples:
@@ -51,7 +51,7 @@ def format_table(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation.evaluate import DEFAULT_SETTINGS, Setting, evaluate
+    from fewstep.evaluation.evaluate import DEFAULT_SETTINGS, Setting, evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)

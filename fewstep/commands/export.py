@@ -7,7 +7,7 @@ import shlex
 import sys
 from dataclasses import fields
 
-from .run_flags import boolean
+from fewstep.commands.run_flags import boolean
 
 HELP = "export a model to an engine bundle (ONNX Runtime, OpenVINO, CoreML, TensorRT) with parity and speed gates"
 EPILOG = """examples:
@@ -34,7 +34,7 @@ bundle reuses what is still valid. Load a bundle with `fewstep.runtime.Generator
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..export.config import ExportConfig
+    from fewstep.export.config import ExportConfig
 
     p = sub.add_parser(
         "export", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -66,9 +66,9 @@ def _csv(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..config import load_config, to_yaml
-    from ..export.bundle import BundleExport
-    from ..export.config import ExportConfig
+    from fewstep.core.config import load_config, to_yaml
+    from fewstep.export.bundle import BundleExport
+    from fewstep.export.config import ExportConfig
 
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
     cfg = load_config(ExportConfig, args.config, overrides)

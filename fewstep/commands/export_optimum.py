@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.to_optimum import OptimumExport
+    from fewstep.export.to_optimum import OptimumExport
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     record = OptimumExport(args.model, args.out, args.force, log).run()

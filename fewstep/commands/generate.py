@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .run_flags import count
+from fewstep.commands.run_flags import count
+from fewstep.core.prompts import read_prompts_file
 
 HELP = "generate a PNG grid from a model for prompts and seeds (same seed -> same image)"
 EPILOG = """examples:
@@ -53,18 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def read_prompts_file(path: str | Path) -> list[str]:
-    """Non-empty lines of a UTF-8 text file."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"prompts file {path} does not exist") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"prompts file {path} is not UTF-8 text ({e})") from None
-    return [ln.strip() for ln in text.splitlines() if ln.strip()]
-
-
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -75,8 +64,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..imaging import captioned_grid, save_png
-    from ..sampling_rules import guidance_mode, resolve_guidance, schedule
+    from fewstep.core.imaging import captioned_grid, save_png
+    from fewstep.core.sampling_rules import guidance_mode, resolve_guidance, schedule
 
     prompts = read_prompts(args)
     rows = [p for p in prompts for _ in args.seeds]
@@ -84,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if (Path(args.model) / "manifest.json").is_file():  # an engine bundle: the torch-free runtime
         if args.sampler:
             raise ValueError("an engine bundle samples with its own rule; leave --sampler out")
-        from ..runtime import Generator
+        from fewstep.runtime import Generator
 
         gen = Generator.from_bundle(args.model, engine=args.engine, decoder=args.decoder, threads=args.threads)
         images = gen.generate(rows, seeds, steps=args.steps, guidance=args.guidance)
@@ -92,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         import torch
 
-        from ..models.pipeline import TorchPipeline
+        from fewstep.models.pipeline import TorchPipeline
 
         if args.decoder:
             raise ValueError("--decoder chooses between a bundle's image decoders; a checkpoint decodes with its VAE")

@@ -19,9 +19,9 @@ def preset_costs() -> list[dict]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..models.contract import Cond
-    from ..models.presets import PRESETS, TEXT_DIM
-    from ..models.unet_flow import build_unet_flow
+    from fewstep.models.contract import Cond
+    from fewstep.models.presets import PRESETS, TEXT_DIM
+    from fewstep.models.unet_flow import build_unet_flow
 
     rows = []
     for p in PRESETS.values():
@@ -44,8 +44,8 @@ def preset_costs() -> list[dict]:
 
 
 def shipped() -> list[dict]:
-    from ..models.checkpoint import CheckpointError, load_tensors
-    from ..models.loading import SHIPPED
+    from fewstep.models.checkpoint import CheckpointError, load_tensors
+    from fewstep.models.loading import SHIPPED
 
     rows = []
     for name, path in SHIPPED.items():
@@ -75,8 +75,8 @@ def shipped() -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     if args.model:
-        from ..models.checkpoint import load_tensors
-        from ..models.loading import resolve_checkpoint
+        from fewstep.models.checkpoint import load_tensors
+        from fewstep.models.loading import resolve_checkpoint
 
         _, meta = load_tensors(resolve_checkpoint(args.model))
         print(json.dumps(meta, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from .run_flags import count
+from fewstep.commands.run_flags import count
 
 HELP = "solve the teacher's ODE for many (noise, prompt) pairs, sharded and resumable"
 EPILOG = """examples:
@@ -19,7 +19,7 @@ directory holding pairs of another key is refused. Then: fewstep distill reflow 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..compress.pairs import PairsConfig
+    from fewstep.compress.pairs import PairsConfig
 
     p = sub.add_parser("pairs", help=HELP, description=HELP, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..compress.pairs import PairsConfig, build_pairs
-    from ..config import load_config
+    from fewstep.compress.pairs import PairsConfig, build_pairs
+    from fewstep.core.config import load_config
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def example_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "evaluation" / "report" / "example_sweep.yaml"
+    return Path(__file__).resolve().parent.parent / "report" / "example_sweep.yaml"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give a sweep YAML (start from `fewstep report --example > sweep.yaml`)")
     import dataclasses
 
-    from ..evaluation.report.run import run_report
-    from ..evaluation.report.sweep import _check, load_sweep
+    from fewstep.report.run import run_report
+    from fewstep.report.sweep import _check, load_sweep
 
     cfg = load_sweep(args.sweep)
     if args.n is not None:

@@ -56,7 +56,7 @@ def resolve_run_config(config_cls: type, args: argparse.Namespace, **fixed: Any)
     """The config from defaults <- --config YAML <- flags; prints it and returns None for --print-config."""
     import torch
 
-    from ..config import load_config, to_yaml
+    from fewstep.core.config import load_config, to_yaml
 
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
     cfg = load_config(config_cls, args.config, {**overrides, **fixed})

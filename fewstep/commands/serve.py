@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .run_flags import count
+from fewstep.commands.run_flags import count
 
 HELP = "serve a bundle over HTTP: /v1/generate, OpenAI-style /v1/images/generations, /metrics, a web page at /"
 EPILOG = """examples:
@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as e:
         raise ImportError("fewstep serve needs `pip install 'fewstep[serve]'` (fastapi, uvicorn)") from e
-    from ..runtime import Generator
-    from ..runtime.backends.openvino import CACHE_ENV
-    from ..runtime.bundle import read_manifest
-    from ..runtime.server import ServeConfig, create_app
+    from fewstep.runtime import Generator
+    from fewstep.runtime.backends.openvino import CACHE_ENV
+    from fewstep.runtime.bundle import read_manifest
+    from fewstep.runtime.server import ServeConfig, create_app
 
     if args.engine_cache:
         os.environ[CACHE_ENV] = args.engine_cache  # also seen by the engine-timing subprocess
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or None
     engine = args.engine
     if engine is None and args.pick == "throughput" and len(read_manifest(args.bundle)["engines"]) > 1:
-        from ..runtime.engine_pick import fastest_engine, format_rows, measure_in_subprocess
+        from fewstep.runtime.engine_pick import fastest_engine, format_rows, measure_in_subprocess
 
         rows = measure_in_subprocess(args.bundle, args.max_batch, threads, args.decoder)
         engine = fastest_engine(rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .run_flags import count
+from fewstep.commands.run_flags import count
 
 HELP = "train a judge (shapes attribute classifier or digit classifier) used by `fewstep eval`"
 EPILOG = """The shipped judges were made with:
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluation.train_judge import train_judge
+    from fewstep.evaluation.train_judge import train_judge
 
     if args.threads:
         torch.set_num_threads(args.threads)

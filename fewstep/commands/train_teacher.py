@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .run_flags import add_run_flags, resolve_run_config
+from fewstep.commands.run_flags import add_run_flags, resolve_run_config
 
 HELP = "train a flow-matching teacher on shapes, digits or your image folder"
 EPILOG = """examples:
@@ -20,7 +20,7 @@ model.safetensors (EMA weights), state.safetensors (for --resume), samples/*.png
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..compress.teacher import TeacherConfig
+    from fewstep.compress.teacher import TeacherConfig
 
     p = sub.add_parser(
         "train-teacher",
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compress.teacher import TeacherConfig, train_teacher
+    from fewstep.compress.teacher import TeacherConfig, train_teacher
 
     cfg = resolve_run_config(TeacherConfig, args)
     if cfg is None:

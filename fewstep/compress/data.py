@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
-from ..models.contract import Cond
-from ..models.datasets import CaptionedImages, to_model_range
-from ..models.text_encoders import TextEncoder
+from fewstep.models.checkpoint import CheckpointError, load_tensors, save_tensors
+from fewstep.models.contract import Cond
+from fewstep.models.datasets import CaptionedImages, to_model_range
+from fewstep.models.text_encoders import TextEncoder
 
 OPTIONAL = ("pooled", "extra_ids", "latents")  # pooled text / SDXL ids per caption; VAE latents per image
 

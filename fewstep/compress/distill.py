@@ -13,31 +13,31 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..config import to_dict, to_yaml
-from ..fsio import atomic_write, atomic_write_text
-from ..imaging import captioned_grid, save_png, to_uint8
-from ..models.checkpoint import CheckpointError
-from ..models.datasets import make_dataset
-from ..models.diffusers_dir import decoded_size, load_codec
-from ..models.loading import SHIPPED, load_model, model_sha256, resolve_checkpoint, save_model
-from ..models.lora import add_lora, base_reference
-from ..models.model_kinds import network_of
-from ..models.pipeline import TorchPipeline, resolve_guidance, sampling_times
-from ..models.samplers import consistency_timesteps, uniform_timesteps
-from ..models.text_encoders import load_text_encoder
-from . import distributed as ddp
-from .data import EncodedDataset
-from .methods.consistency import ConsistencyLoss
-from .methods.dmd import DMDLoss
-from .methods.guidance import GuidanceDistillLoss
-from .methods.instaflow import InstaFlowLoss
-from .methods.progressive import ProgressiveLoss
-from .methods.reflow import ReflowLoss
-from .methods.slimflow import AnnealingReflowLoss, FlowGuidedLoss
-from .pairs import PairCache
-from .students import INITS, build_student, init_student, same_architecture, student_architecture
-from .trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
+from fewstep import __version__
+from fewstep.compress import distributed as ddp
+from fewstep.compress.data import EncodedDataset
+from fewstep.compress.methods.consistency import ConsistencyLoss
+from fewstep.compress.methods.dmd import DMDLoss
+from fewstep.compress.methods.guidance import GuidanceDistillLoss
+from fewstep.compress.methods.instaflow import InstaFlowLoss
+from fewstep.compress.methods.progressive import ProgressiveLoss
+from fewstep.compress.methods.reflow import ReflowLoss
+from fewstep.compress.methods.slimflow import AnnealingReflowLoss, FlowGuidedLoss
+from fewstep.compress.pairs import PairCache
+from fewstep.compress.students import INITS, build_student, init_student, same_architecture, student_architecture
+from fewstep.compress.trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
+from fewstep.core.config import to_dict, to_yaml
+from fewstep.core.fsio import atomic_write, atomic_write_text
+from fewstep.core.imaging import captioned_grid, save_png, to_uint8
+from fewstep.models.checkpoint import CheckpointError
+from fewstep.models.datasets import make_dataset
+from fewstep.models.diffusers_dir import decoded_size, load_codec
+from fewstep.models.loading import SHIPPED, load_model, model_sha256, resolve_checkpoint, save_model
+from fewstep.models.lora import add_lora, base_reference
+from fewstep.models.model_kinds import network_of
+from fewstep.models.pipeline import TorchPipeline, resolve_guidance, sampling_times
+from fewstep.models.samplers import consistency_timesteps, uniform_timesteps
+from fewstep.models.text_encoders import load_text_encoder
 
 METHODS = ("reflow", "slimflow", "instaflow", "guidance", "consistency", "progressive", "dmd")
 PAIR_METHODS = ("reflow", "slimflow", "instaflow", "dmd")

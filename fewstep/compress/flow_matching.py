@@ -6,13 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.contract import Cond, FlowModel
-from .distributed import StepRandom
-
-
-def bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, ...) to broadcast against `like` (images or toy vectors)."""
-    return t.view(-1, *([1] * (like.ndim - 1)))
+from fewstep.compress.distributed import StepRandom
+from fewstep.core.flow_math import interpolate
+from fewstep.models.contract import Cond, FlowModel
 
 
 def sample_t(n: int, how: str, rng: StepRandom) -> torch.Tensor:
@@ -55,7 +51,7 @@ class FlowMatchingLoss:
         # random draws come from the CPU generator of (seed, step), then move: identical on every device
         eps = rng.randn(*x0.shape).to(x0.device)
         t = sample_t(x0.shape[0], self.t_sampling, rng).to(x0.device)
-        x_t = (1 - bcast(t, x0)) * x0 + bcast(t, x0) * eps
+        x_t = interpolate(x0, eps, t)
         cond = drop_condition(cond, self.null_cond, self.cond_dropout, rng)
         loss = (model(x_t, t, cond) - (eps - x0)).pow(2).mean()
         return loss, {"loss": loss.item()}

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import to_dict
-from ..fsio import atomic_write_text, remove_stale_temps
-from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
-from ..models.contract import Cond
-from ..models.datasets import make_dataset
-from ..models.diffusers_dir import decoded_size
-from ..models.loading import load_model, model_sha256, resolve_checkpoint
-from ..models.samplers import get_sampler, seeded_noise, uniform_timesteps
-from ..models.text_encoders import load_text_encoder
+from fewstep.core.config import to_dict
+from fewstep.core.fsio import atomic_write_text, remove_stale_temps
+from fewstep.models.checkpoint import CheckpointError, load_tensors, save_tensors
+from fewstep.models.contract import Cond
+from fewstep.models.datasets import make_dataset
+from fewstep.models.diffusers_dir import decoded_size
+from fewstep.models.loading import load_model, model_sha256, resolve_checkpoint
+from fewstep.models.samplers import get_sampler, seeded_noise, uniform_timesteps
+from fewstep.models.text_encoders import load_text_encoder
 
 PAIRS_FORMAT = "fewstep-pairs/1"
 MANIFEST = "manifest.json"

@@ -13,8 +13,8 @@ from collections import defaultdict
 
 import torch
 
-from ..models.model_kinds import build_model, network_key, network_of
-from ..models.presets import get_preset
+from fewstep.models.model_kinds import build_model, network_key, network_of
+from fewstep.models.presets import get_preset
 
 INITS = ("scratch", "teacher", "sliced")
 

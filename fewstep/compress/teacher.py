@@ -7,19 +7,19 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..config import to_dict, to_yaml
-from ..fsio import atomic_write_text
-from ..imaging import captioned_grid, save_png, to_uint8
-from ..models.datasets import make_dataset
-from ..models.loading import save_model
-from ..models.presets import get_preset
-from ..models.samplers import euler, seeded_noise, uniform_timesteps
-from ..models.text_encoders import TextEncoder, clip_from_dir, minilm
-from ..models.unet_flow import build_unet_flow
-from .data import EncodedDataset
-from .flow_matching import FlowMatchingLoss
-from .trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
+from fewstep import __version__
+from fewstep.compress.data import EncodedDataset
+from fewstep.compress.flow_matching import FlowMatchingLoss
+from fewstep.compress.trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
+from fewstep.core.config import to_dict, to_yaml
+from fewstep.core.fsio import atomic_write_text
+from fewstep.core.imaging import captioned_grid, save_png, to_uint8
+from fewstep.models.datasets import make_dataset
+from fewstep.models.loading import save_model
+from fewstep.models.presets import get_preset
+from fewstep.models.samplers import euler, seeded_noise, uniform_timesteps
+from fewstep.models.text_encoders import TextEncoder, clip_from_dir, minilm
+from fewstep.models.unet_flow import build_unet_flow
 
 SAMPLE_PROMPT_SEED = 12345  # held-out captions for the sample grids
 
@@ -61,8 +61,8 @@ def make_text_encoder(name: str, max_tokens: int) -> TextEncoder:
 
 def load_init_weights(model: torch.nn.Module, init: str, unet: dict, text_encoder: dict) -> None:
     """Copy a teacher checkpoint's weights into `model`, refusing one of another network or text encoder."""
-    from ..models.checkpoint import CheckpointError
-    from ..models.loading import load_model
+    from fewstep.models.checkpoint import CheckpointError
+    from fewstep.models.loading import load_model
 
     source, spec = load_model(init)
     if spec.get("kind") != "unet-flow" or spec.get("unet") != unet:
@@ -81,8 +81,8 @@ def load_init_weights(model: torch.nn.Module, init: str, unet: dict, text_encode
 def _init_sha256(init: str, out: Path, resuming: bool) -> str:
     """Which weights a fine-tune started from: recorded by the run itself once it has saved (a shipped name
     may come to mean another file later), else the init checkpoint's sha256."""
-    from ..models.checkpoint import read_meta
-    from ..models.loading import model_sha256, resolve_checkpoint
+    from fewstep.models.checkpoint import read_meta
+    from fewstep.models.loading import model_sha256, resolve_checkpoint
 
     saved = out / "model.safetensors"
     if resuming and saved.is_file():

@@ -27,11 +27,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import to_dict
-from ..fsio import atomic_write, atomic_write_text, remove_stale_temps
-from ..models.checkpoint import CheckpointError, load_tensors, save_tensors
-from . import distributed as ddp
-from .distributed import StepRandom
+from fewstep.compress import distributed as ddp
+from fewstep.compress.distributed import StepRandom
+from fewstep.core.config import to_dict
+from fewstep.core.errors import UserError
+from fewstep.core.fsio import atomic_write, atomic_write_text, remove_stale_temps
+from fewstep.models.checkpoint import CheckpointError, load_tensors, save_tensors
 
 LossFn = Callable[[nn.Module, Any, StepRandom], tuple[torch.Tensor, dict[str, float]]]
 STATE_FILE = "state.safetensors"
@@ -42,7 +43,7 @@ METRICS_FILE = "metrics.jsonl"
 MAX_BATCH = 65536
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """Too many consecutive non-finite losses; the last good checkpoint is kept."""
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.datasets.shapes import BACKGROUND_NAMES, COLOUR_NAMES, GRID, SHAPES, SIZES, ShapeObject, ShapesLabel
+from fewstep.models.datasets.shapes import BACKGROUND_NAMES, COLOUR_NAMES, GRID, SHAPES, SIZES, ShapeObject, ShapesLabel
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..imaging import make_grid, save_png
-from ..models.datasets import DigitsDataset, ShapesDataset, to_model_range
-from ..models.pipeline import TorchPipeline
-from .adherence import decode_shapes, digits_adherent, shapes_adherent
-from .quality import FeatureSpace, fid_kid, inception_features, judge_features
-from .train_judge import judge_accuracy, load_judge
+from fewstep.core.imaging import make_grid, save_png
+from fewstep.evaluation.adherence import decode_shapes, digits_adherent, shapes_adherent
+from fewstep.evaluation.quality import FeatureSpace, fid_kid, inception_features, judge_features
+from fewstep.evaluation.train_judge import judge_accuracy, load_judge
+from fewstep.models.datasets import DigitsDataset, ShapesDataset, to_model_range
+from fewstep.models.pipeline import TorchPipeline
 
 EVAL_PROMPT_SEED = 4242  # shapes prompts/images for evaluation (disjoint from training seed 0)
 REFERENCE_SEED = 4343  # a second real set: the real-vs-real FID floor

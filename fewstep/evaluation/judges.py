@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.datasets.shapes import BACKGROUND_NAMES, COLOUR_NAMES, GRID, SHAPES, SIZES
+from fewstep.models.datasets.shapes import BACKGROUND_NAMES, COLOUR_NAMES, GRID, SHAPES, SIZES
 
 CELLS = GRID * GRID
 FEATURES = 256

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .judges import JudgeFeatures
-from .train_judge import load_judge
+from fewstep.evaluation.judges import JudgeFeatures
+from fewstep.evaluation.train_judge import load_judge
 
 
 @dataclass

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..models.checkpoint import CheckpointError, load_state_strict, load_tensors, save_tensors
-from ..models.datasets import DigitsDataset, ShapesDataset, to_model_range
-from ..models.datasets.shapes import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, SIZES
-from ..models.loading import resolve_checkpoint
-from .adherence import decode_shapes, digits_adherent, shapes_adherent
-from .judges import CELLS, JUDGES, DigitsJudge, ShapesJudge
+from fewstep import __version__
+from fewstep.evaluation.adherence import decode_shapes, digits_adherent, shapes_adherent
+from fewstep.evaluation.judges import CELLS, JUDGES, DigitsJudge, ShapesJudge
+from fewstep.models.checkpoint import CheckpointError, load_state_strict, load_tensors, save_tensors
+from fewstep.models.datasets import DigitsDataset, ShapesDataset, to_model_range
+from fewstep.models.datasets.shapes import BACKGROUND_NAMES, COLOUR_NAMES, SHAPES, SIZES
+from fewstep.models.loading import resolve_checkpoint
 
 JUDGE_FORMAT = "fewstep-judge/1"
 SHAPES_TRAIN_SEED, SHAPES_TEST_SEED = 777, 778

@@ -20,21 +20,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..fsio import atomic_write_text
-from ..models.loading import model_sha256, resolve_checkpoint
-from ..models.pipeline import TorchPipeline, sampling_times
-from ..runtime.backends import load_engine
-from ..runtime.bundle import BUNDLE_FORMAT, IN_PROGRESS, MANIFEST, read_manifest, sha256_of, size_of
-from ..runtime.engine import BackendUnavailable
-from ..runtime.generator import Generator
-from ..runtime.text import RuntimeTextEncoder
-from .calibration import calibration_prompts, record_sampler_inputs
-from .config import ExportConfig
-from .denoiser import denoiser_from_spec
-from .gates import parity_gate, psnr, speed_gate, speed_inputs
-from .registry import RUNTIME_BACKEND, Artifact, ExportContext, get_exporter
-from .text_encoder import cached_text_encoder
+from fewstep import __version__
+from fewstep.core.fsio import atomic_write_text, sha256_of, size_of
+from fewstep.core.imaging import psnr
+from fewstep.core.prompts import read_prompts_file
+from fewstep.export.calibration import calibration_prompts, record_sampler_inputs
+from fewstep.export.config import ExportConfig
+from fewstep.export.denoiser import denoiser_from_spec
+from fewstep.export.gates import parity_gate, speed_gate, speed_inputs
+from fewstep.export.registry import RUNTIME_BACKEND, Artifact, ExportContext, get_exporter
+from fewstep.export.text_encoder import cached_text_encoder
+from fewstep.models.loading import model_sha256, resolve_checkpoint
+from fewstep.models.pipeline import TorchPipeline, sampling_times
+from fewstep.runtime.backends import load_engine
+from fewstep.runtime.bundle import BUNDLE_FORMAT, IN_PROGRESS, MANIFEST, read_manifest
+from fewstep.runtime.engine import BackendUnavailable
+from fewstep.runtime.generator import Generator
+from fewstep.runtime.text import RuntimeTextEncoder
 
 BUILD_WHERE_THEY_RUN = ("tensorrt", "torch-tensorrt")  # engines tuned to (and only loadable on) their GPU
 PARITY_SEED = 4321  # prompts for the parity gate: a shapes seed apart from calibration (1234) and evaluation
@@ -73,7 +75,7 @@ def plan_engines(cfg: ExportConfig) -> tuple[list[tuple[str, str, str | None]], 
 
 
 def _precisions(target: str) -> tuple[str, ...]:
-    from .registry import EXPORTERS
+    from fewstep.export.registry import EXPORTERS
 
     if target not in EXPORTERS:
         raise ExportError(f"unknown export target {target!r}; choose from {', '.join(EXPORTERS)}")
@@ -132,8 +134,6 @@ class BundleExport:
 
     def _calibration_prompts(self) -> list[str]:
         if self.cfg.calibration_prompts_file:
-            from ..commands.generate import read_prompts_file
-
             return read_prompts_file(self.cfg.calibration_prompts_file)[: self.cfg.calibration_prompts]
         return calibration_prompts(self.cfg.calibration_prompts, self.cfg.calibration_dataset)
 
@@ -223,7 +223,7 @@ class BundleExport:
         if kept := self._reusable("decoder", [(old.get("file", ""), old.get("sha256", ""))]):
             self.log("image decoder: unchanged, kept")
             return kept
-        from .decoder import ImageDecoder, export_decoder_onnx
+        from fewstep.export.decoder import ImageDecoder, export_decoder_onnx
 
         decoder = ImageDecoder(self.pipe.codec, self.spec)
         tmp = self.root / ".decoder.onnx.tmp"
@@ -240,7 +240,7 @@ class BundleExport:
         prompts' student latents (run in ONNX Runtime): recorded, not gated (a speed/quality trade-off)."""
         if not self.cfg.tiny_decoder:
             return None
-        from ..compress.tiny_decoder import check_decoder_fits, load_tiny_decoder
+        from fewstep.models.tiny_decoder import check_decoder_fits, load_tiny_decoder
 
         tiny, dspec = load_tiny_decoder(self.cfg.tiny_decoder)
         check_decoder_fits(dspec, self.spec, self.pipe.codec)
@@ -252,7 +252,7 @@ class BundleExport:
             if kept := self._reusable("decoders", [(old.get("file", ""), old.get("sha256", ""))]):
                 self.log("tiny image decoder: unchanged, kept")
                 return kept["tiny"]
-        from .decoder import TinyImageDecoder, export_decoder_onnx
+        from fewstep.export.decoder import TinyImageDecoder, export_decoder_onnx
 
         decoder = TinyImageDecoder(tiny, self.spec)
         tmp = self.root / ".decoder_tiny.onnx.tmp"
@@ -274,8 +274,8 @@ class BundleExport:
         """A pipeline's prompt encoding (all its text encoders) as one ONNX graph + one tokenizer.json each."""
         import tempfile
 
-        from ..models.diffusers_dir import load_pipeline
-        from .prompt_graph import PipelinePromptGraph, export_prompt_graph
+        from fewstep.export.prompt_graph import PipelinePromptGraph, export_prompt_graph
+        from fewstep.models.diffusers_dir import load_pipeline
 
         old = self.old.get("text_encoder") or {}
         files = [(old.get("file", ""), old.get("sha256", ""))]
@@ -401,7 +401,7 @@ class BundleExport:
     def _qdq_onnx(self, ctx: ExportContext) -> Path:
         """TensorRT int8 is built from an explicitly quantized (Q/DQ) ONNX graph: NNCF's, symmetric (TensorRT
         accepts only zero points of 0)."""
-        from .to_onnx import export as onnx_export
+        from fewstep.export.to_onnx import export as onnx_export
 
         saved = dict(ctx.options)
         ctx.options.update(quantizer="nncf", symmetric=True)
@@ -502,7 +502,7 @@ class BundleExport:
         }
 
     def _triton(self, engines: list[dict]) -> dict:
-        from .triton import write_triton_repository
+        from fewstep.export.triton import write_triton_repository
 
         repo = self.root / "triton"
         written = {}

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.contract import Cond
-from ..models.datasets import make_dataset
-from ..models.pipeline import TorchPipeline, sampling_times
+from fewstep.models.contract import Cond
+from fewstep.models.datasets import make_dataset
+from fewstep.models.pipeline import TorchPipeline, sampling_times
 
 
 class _Recorder(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigError
-from .gates import DEFAULT_MIN_PSNR, GateConfig
+from fewstep.core.config import ConfigError
+from fewstep.export.gates import DEFAULT_MIN_PSNR, GateConfig
 
 
 @dataclass(frozen=True)

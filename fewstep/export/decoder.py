@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.diffusers_dir import LatentCodec
-from .denoiser import TensorSpec, io_json
+from fewstep.export.denoiser import TensorSpec, io_json
+from fewstep.models.diffusers_dir import LatentCodec
 
 
 class ImageDecoder(nn.Module):
@@ -53,7 +53,7 @@ class TinyImageDecoder(nn.Module):
 
 def export_decoder_onnx(decoder: ImageDecoder | TinyImageDecoder, path: str | Path, max_batch: int = 4096) -> Path:
     """fp32 ONNX graph with a dynamic batch, checked and shape-inferred like the denoiser's."""
-    from .to_onnx import export_graph
+    from fewstep.export.to_onnx import export_graph
 
     latents = torch.randn(decoder.inputs[0].concrete(2))
     return export_graph(decoder, (latents,), Path(path), ["latents"], ["image"], max_batch=max_batch)

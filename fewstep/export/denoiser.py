@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.contract import Cond
+from fewstep.models.contract import Cond
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..runtime.engine import Engine
+from fewstep.core.imaging import psnr
+from fewstep.runtime.engine import Engine
 
 DEFAULT_MIN_PSNR = {"fp32": 60.0, "fp16": 40.0, "int8": 30.0, "int8w": 35.0, "palette4": 25.0}
 
@@ -27,14 +28,6 @@ class GateConfig:
     min_speedup: float = 1.05  # a non-fp32 engine must be this much faster than fp32 (5%: beyond timing noise)
     speed_batch: int = 8
     speed_runs: int = 40
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two image batches in [-1, 1] (clipped, mapped to [0, 1] with peak 1); inf if equal."""
-    x = (np.clip(a, -1, 1) + 1) / 2
-    y = (np.clip(b, -1, 1) + 1) / 2
-    mse = float(np.mean((x.astype(np.float64) - y) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 def parity_gate(images: np.ndarray, reference: np.ndarray, precision: str, config: GateConfig) -> dict:

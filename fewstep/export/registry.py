@@ -17,7 +17,7 @@ from types import ModuleType
 
 import numpy as np
 
-from .denoiser import Denoiser
+from fewstep.export.denoiser import Denoiser
 
 EXPORTERS: dict[str, str] = {
     "onnx": "fewstep.export.to_onnx",

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.text_encoders import TextEncoder
+from fewstep.models.text_encoders import TextEncoder
 
 OPSET = 18
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.backends.coreml import unavailable_reason
-from .registry import Artifact, ExportContext
+from fewstep.export.registry import Artifact, ExportContext
+from fewstep.runtime.backends.coreml import unavailable_reason
 
 PRECISIONS = ("fp32", "fp16", "int8w", "palette4")
 SUPPORTED = PRECISIONS

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .denoiser import Denoiser
-from .registry import Artifact, ExportContext
+from fewstep.export.denoiser import Denoiser
+from fewstep.export.registry import Artifact, ExportContext
 
 OPSET = 20
 PRECISIONS = ("fp32", "fp16", "int8")

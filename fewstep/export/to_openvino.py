@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import re
 
-from .registry import Artifact, ExportContext
-from .to_onnx import export_fp32, sensitive_nodes
+from fewstep.export.registry import Artifact, ExportContext
+from fewstep.export.to_onnx import export_fp32, sensitive_nodes
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8w")
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.contract import Cond
-from .to_onnx import export_graph
+from fewstep.export.to_onnx import export_graph
+from fewstep.models.contract import Cond
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 UNET_TIMESTEPS = 1_000_000  # the UNet families' scheduler scale: first sigma 1 - 1e-6, timesteps exact in float32
@@ -100,7 +100,7 @@ class FlowDenoiserGraph(nn.Module):
 
 def check_exportable(spec: dict) -> str:
     """-> the pipeline family; refuses what a diffusers pipeline + scheduler config cannot reproduce."""
-    from ..sampling_rules import uniform_times
+    from fewstep.core.sampling_rules import uniform_times
 
     te = spec.get("text_encoder", {})
     if "latent" not in spec or te.get("kind") != "diffusers-pipeline":
@@ -179,9 +179,9 @@ class OptimumExport:
         self.model_ref, self.out, self.force, self.log = model, Path(out), force, log
 
     def run(self) -> dict:
-        from .. import __version__
-        from ..models.diffusers_dir import load_pipeline
-        from ..models.loading import load_model, model_sha256, resolve_checkpoint
+        from fewstep import __version__
+        from fewstep.models.diffusers_dir import load_pipeline
+        from fewstep.models.loading import load_model, model_sha256, resolve_checkpoint
 
         path = resolve_checkpoint(self.model_ref)
         model, spec = load_model(path)
@@ -268,7 +268,7 @@ class OptimumExport:
         self.log("  vae_decoder: AutoencoderKL decoder")
 
     def _denoiser(self, model: nn.Module, spec: dict, family: str, scale: float, folder: Path, pipe) -> None:
-        from ..models.text_encoders import load_text_encoder
+        from fewstep.models.text_encoders import load_text_encoder
 
         graph = FlowDenoiserGraph(model, family, scale)
         cond = load_text_encoder(spec["text_encoder"]).encode(["a", "b"])

@@ -19,7 +19,7 @@ import ctypes
 import sys
 from pathlib import Path
 
-from .registry import Artifact, ExportContext
+from fewstep.export.registry import Artifact, ExportContext
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

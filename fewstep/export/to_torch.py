@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import Artifact, ExportContext
+from fewstep.export.registry import Artifact, ExportContext
 
 PRECISIONS = ("fp32", "fp16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -22,7 +22,7 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
         raise ValueError(f"torch export writes {', '.join(PRECISIONS)}; got {precision!r}")
     if not ctx.spec:
         raise ValueError("torch export needs the model's spec (ExportContext.spec) to rebuild the network")
-    from ..models.loading import save_model
+    from fewstep.models.loading import save_model
 
     spec = {k: v for k, v in ctx.spec.items() if k != "lora"}  # the network is fused; save_model sets the rest
     path = ctx.out_dir / f".denoiser.torch-{precision}.tmp.safetensors"

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 
-from .denoiser import HalfIO
-from .registry import Artifact, ExportContext
+from fewstep.export.denoiser import HalfIO
+from fewstep.export.registry import Artifact, ExportContext
 
 PRECISIONS = ("fp32", "fp16")
 FORMATS = {"torchscript": "ts", "exported_program": "ep"}
@@ -36,7 +36,7 @@ def _torch_tensorrt():
 
 def can_run() -> str | None:
     """None when Torch-TensorRT modules can be compiled and run here, else the reason (the runtime backend's check)."""
-    from ..runtime.backends.torch_tensorrt import unavailable_reason
+    from fewstep.runtime.backends.torch_tensorrt import unavailable_reason
 
     return unavailable_reason()
 

@@ -1,12 +1,12 @@
 """The model contract, adapters for foreign models, presets, text encoders, datasets and samplers."""
 
-from .contract import Cond, FlowModel
-from .loading import load_model, save_model
-from .pipeline import TorchPipeline
-from .presets import PRESETS, get_preset
-from .samplers import euler, heun, seeded_noise, uniform_timesteps
-from .unet_flow import UNetFlowModel, build_unet_flow
-from .vp_adapter import VPFlowAdapter, from_diffusers_unet
+from fewstep.models.contract import Cond, FlowModel
+from fewstep.models.loading import load_model, save_model
+from fewstep.models.pipeline import TorchPipeline
+from fewstep.models.presets import PRESETS, get_preset
+from fewstep.models.samplers import euler, heun, seeded_noise, uniform_timesteps
+from fewstep.models.unet_flow import UNetFlowModel, build_unet_flow
+from fewstep.models.vp_adapter import VPFlowAdapter, from_diffusers_unet
 
 __all__ = [
     "PRESETS",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..fsio import atomic_write
+from fewstep.core.fsio import atomic_write
 
 CHECKPOINT_FORMAT = "fewstep-checkpoint/1"
 

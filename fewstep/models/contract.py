@@ -92,13 +92,3 @@ def check_inputs(x: torch.Tensor, t: torch.Tensor, cond: Cond, channels: int | N
         raise ValueError(f"t must have shape [batch_size] = [{x.shape[0]}]; got {tuple(t.shape)}")
     if cond.batch_size != x.shape[0]:
         raise ValueError(f"cond has batch {cond.batch_size} but x has batch {x.shape[0]}")
-
-
-def x0_from_velocity(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """x0_hat = x_t - t * v."""
-    return x_t - t.view(-1, 1, 1, 1) * v
-
-
-def eps_from_velocity(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """eps_hat = x_t + (1 - t) * v."""
-    return x_t + (1 - t.view(-1, 1, 1, 1)) * v

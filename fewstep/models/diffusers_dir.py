@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .contract import Cond
-from .text_encoders import CachedPromptEncoder
+from fewstep.core.fsio import sha256_of
+from fewstep.models.contract import Cond
+from fewstep.models.text_encoders import CachedPromptEncoder
 
 PIPELINES = {
     "StableDiffusionPipeline": "unet",
@@ -211,7 +212,7 @@ def pipeline_spec(path: str | Path) -> dict:
 
 def pipeline_model(path: str | Path) -> tuple[nn.Module, dict]:
     """(the pipeline's denoiser under the flow contract, its spec); shares the pipeline's modules."""
-    from .model_kinds import wrap_denoiser
+    from fewstep.models.model_kinds import wrap_denoiser
 
     spec = pipeline_spec(path)
     pipe = load_pipeline(path)
@@ -320,7 +321,6 @@ def load_codec(spec: dict) -> LatentCodec | None:
 
 
 def _files_sha256(folder: Path) -> str:
-    from ..runtime.bundle import sha256_of
 
     parts = [f"{f.name}:{sha256_of(f)}" for f in sorted(folder.iterdir()) if f.is_file()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -10,10 +10,18 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_state_strict, load_tensors, read_meta, save_tensors
-from .diffusers_dir import is_pipeline_dir, pipeline_model, pipeline_spec, source_sha256
-from .model_kinds import KINDS, build_model
+from fewstep import __version__
+from fewstep.core.fsio import sha256_of
+from fewstep.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    load_state_strict,
+    load_tensors,
+    read_meta,
+    save_tensors,
+)
+from fewstep.models.diffusers_dir import is_pipeline_dir, pipeline_model, pipeline_spec, source_sha256
+from fewstep.models.model_kinds import KINDS, build_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED = {
@@ -56,8 +64,6 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
 
 def model_sha256(path: str | Path) -> str:
     """Identity of a resolved model source: the checkpoint file's sha256, or a pipeline's denoiser files'."""
-    from ..runtime.bundle import sha256_of
-
     path = Path(path)
     return source_sha256(path) if is_pipeline_dir(path) else sha256_of(path)
 
@@ -73,7 +79,7 @@ def save_model(path: str | Path, model: torch.nn.Module, spec: dict, dtype: torc
     config (`unet` or `transformer`)."""
     lora = spec.get("lora")
     if lora:  # a LoRA student: the adapter alone; the base model comes from lora["base"]
-        from .lora import adapter_state, base_params
+        from fewstep.models.lora import adapter_state, base_params
 
         state = adapter_state(model, lora.get("extra", []))
         lora = dict(lora, adapter_params=sum(v.numel() for v in state.values()))
@@ -110,7 +116,7 @@ def load_model(name_or_path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 def _load_lora_student(path: Path, spec: dict, adapter: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Base model + the checkpoint's adapter, fused into a plain network."""
-    from .lora import add_lora, fuse_lora, is_adapter_tensor
+    from fewstep.models.lora import add_lora, fuse_lora, is_adapter_tensor
 
     lora = spec["lora"]
     where = f"LoRA student {path} needs its base model {lora['base']!r}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .model_kinds import network_key, network_of
+from fewstep.models.model_kinds import network_key, network_of
 
 # Every linear and conv layer of the attention, feed-forward and residual blocks (LCM-LoRA's choice for SD's UNet;
 # the joint-attention projections for SD3's transformer). Embeddings, norms and in/out convs stay frozen.
@@ -69,6 +69,6 @@ def fuse_lora(model: torch.nn.Module) -> torch.nn.Module:
 
 def base_reference(teacher: str, resolved: Path) -> str:
     """How a student names its base: a shipped name as is, anything else as an absolute path."""
-    from .loading import SHIPPED
+    from fewstep.models.loading import SHIPPED
 
     return teacher if teacher in SHIPPED else str(Path(resolved).resolve())

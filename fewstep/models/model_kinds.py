@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .contract import Cond, check_inputs
-from .unet_flow import UNetFlowModel
-from .vp_adapter import DiffusersUNetDenoiser, VPFlowAdapter
+from fewstep.models.contract import Cond, check_inputs
+from fewstep.models.unet_flow import UNetFlowModel
+from fewstep.models.vp_adapter import DiffusersUNetDenoiser, VPFlowAdapter
 
 KINDS = ("unet-flow", "unet-vp", "transformer-flow")
 

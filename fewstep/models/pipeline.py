@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..imaging import to_uint8
-from ..sampling_rules import resolve_guidance as resolve_sampler_guidance
-from ..sampling_rules import schedule, validate_request
-from .contract import FlowModel
-from .diffusers_dir import LatentCodec, load_codec
-from .loading import load_model
-from .samplers import consistency, get_sampler, seeded_noise, seeded_renoise
-from .text_encoders import TextEncoder, load_text_encoder
+from fewstep.core.imaging import to_uint8
+from fewstep.core.sampling_rules import resolve_guidance as resolve_sampler_guidance
+from fewstep.core.sampling_rules import schedule, validate_request
+from fewstep.models.contract import FlowModel
+from fewstep.models.diffusers_dir import LatentCodec, load_codec
+from fewstep.models.loading import load_model
+from fewstep.models.samplers import consistency, get_sampler, seeded_noise, seeded_renoise
+from fewstep.models.text_encoders import TextEncoder, load_text_encoder
 
 
 def sampling_times(spec: dict, steps: int | None) -> torch.Tensor:

@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 import torch
 
-from ..noise import renoise_np, seeded_noise_np
-from ..sampling_rules import consistency_times, uniform_times
-from .contract import Cond, FlowModel
+from fewstep.core.flow_math import cfg_combine, x0_from_velocity
+from fewstep.core.noise import renoise_np, seeded_noise_np
+from fewstep.core.sampling_rules import consistency_times, uniform_times
+from fewstep.models.contract import Cond, FlowModel
 
 Callback = Callable[[int, int], None]  # (step index, number of steps)
 
@@ -51,7 +52,7 @@ def guided_velocity(
     if null_cond is None:
         raise ValueError("classifier-free guidance != 1 needs null_cond (the empty-prompt condition)")
     v_uncond, v_cond = model(torch.cat([x, x]), torch.cat([tb, tb]), Cond.cat([null_cond, cond])).chunk(2)
-    return v_uncond + guidance * (v_cond - v_uncond)
+    return cfg_combine(v_uncond, v_cond, guidance)
 
 
 @torch.no_grad()
@@ -122,7 +123,7 @@ def consistency(
     x = noise
     for i, t in enumerate(times):
         tb = t.to(x.dtype).expand(x.shape[0])
-        x0 = x - t * model(x, tb, cond)
+        x0 = x0_from_velocity(x, t, model(x, tb, cond))
         if i + 1 < len(times):
             s = times[i + 1]
             x = (1 - s) * x0 + s * renoise(i).to(x)
@@ -146,5 +147,5 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
 
 
 def seeded_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
-    """One independent N(0, I) image per seed, identical to the runtime's (numpy PCG64, see fewstep.noise)."""
+    """One independent N(0, I) image per seed, identical to the runtime's (numpy PCG64, see fewstep.core.noise)."""
     return torch.from_numpy(seeded_noise_np(seeds, shape))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .contract import Cond
+from fewstep.models.contract import Cond
 
 
 class PromptTooLongError(ValueError):
@@ -153,7 +153,7 @@ def load_text_encoder(spec: dict) -> TextEncoder:
     students': the pipeline's own prompt encoding, `diffusers_dir.PipelinePromptEncoder`)."""
     kind = spec.get("kind")
     if kind == "diffusers-pipeline":
-        from .diffusers_dir import PipelinePromptEncoder
+        from fewstep.models.diffusers_dir import PipelinePromptEncoder
 
         return PipelinePromptEncoder(spec)  # same interface: encode, null, spec, max_tokens
     if kind == "minilm":

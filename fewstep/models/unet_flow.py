@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from .contract import Cond, check_inputs
+from fewstep.models.contract import Cond, check_inputs
 
 
 def guidance_embedding(w: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

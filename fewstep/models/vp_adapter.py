@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .contract import Cond, FlowModel, check_inputs
-from .unet_flow import unet_kwargs
+from fewstep.models.contract import Cond, FlowModel, check_inputs
+from fewstep.models.unet_flow import unet_kwargs
 
 
 def flow_time_table(alphas_cumprod: torch.Tensor) -> torch.Tensor:

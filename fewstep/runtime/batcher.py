@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .generator import Generator
+from fewstep.runtime.generator import Generator
 
 
 class QueueFull(RuntimeError):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .generator import Generator
+from fewstep.runtime.generator import Generator
 
 
 @dataclass(frozen=True)

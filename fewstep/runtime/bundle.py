@@ -5,9 +5,10 @@ Shared by the exporter (which writes it) and the runtime (which reads it); stdli
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from fewstep.core.fsio import sha256_of
 
 BUNDLE_FORMAT = "fewstep-bundle/1"
 MANIFEST = "manifest.json"
@@ -16,24 +17,6 @@ IN_PROGRESS = ".export-in-progress"  # present while an export writes into the b
 
 class BundleError(ValueError):
     """A bundle that cannot be used; the message names the file and what to do."""
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a directory (e.g. an .mlpackage): its files' relative paths and contents in order."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-            h.update(bytes.fromhex(sha256_of(f)))
-        return h.hexdigest()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def size_of(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def read_manifest(bundle: str | Path, allow_incomplete: bool = False) -> dict:

@@ -6,12 +6,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from fewstep.core.errors import UserError
+
 
 class EngineInputError(ValueError):
     """Inputs that do not match an engine's declared names, dtypes or shapes."""
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """A backend that cannot run on this machine (package missing, no GPU, not macOS); the message says why."""
 
 

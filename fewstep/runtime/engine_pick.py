@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bench import bench_batches, run_probe
-from .bundle import BundleError, read_manifest
-from .engine import BackendUnavailable
-from .generator import COMPARISON_BACKENDS, Generator, engine_order
+from fewstep.runtime.bench import bench_batches, run_probe
+from fewstep.runtime.bundle import BundleError, read_manifest
+from fewstep.runtime.engine import BackendUnavailable
+from fewstep.runtime.generator import COMPARISON_BACKENDS, Generator, engine_order
 
 
 def measure_engines(path: str | Path, batch: int, threads: int | None = None, decoder: str | None = None,

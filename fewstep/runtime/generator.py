@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imaging import to_uint8
-from ..noise import renoise_np, seeded_noise_np
-from ..sampling_rules import guidance_mode, resolve_guidance, schedule, validate_request
-from .backends import load_engine
-from .bundle import BundleError, read_manifest, verify_file
-from .engine import BackendUnavailable, Engine
-from .samplers import consistency_np, euler_np
-from .text import RuntimeTextEncoder
+from fewstep.core.imaging import to_uint8
+from fewstep.core.noise import renoise_np, seeded_noise_np
+from fewstep.core.sampling_rules import guidance_mode, resolve_guidance, schedule, validate_request
+from fewstep.runtime.backends import load_engine
+from fewstep.runtime.bundle import BundleError, read_manifest, verify_file
+from fewstep.runtime.engine import BackendUnavailable, Engine
+from fewstep.runtime.samplers import consistency_np, euler_np
+from fewstep.runtime.text import RuntimeTextEncoder
 
 # the backend tried first when a bundle holds several engines (overridable with `backend=` / `engine=`)
 # ("torch" engines, the comparison point, come last: chosen only when pinned or when nothing else loads)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fewstep.core.flow_math import cfg_combine, x0_from_velocity
+
 # velocity(x (B, C, H, W), t (B,), cond rows) -> v; `cond` is whatever the engine takes, batched along axis 0
 Velocity = Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], np.ndarray]
 
@@ -37,7 +39,7 @@ def euler_np(
         else:
             both = velocity(np.concatenate([x, x]), np.full(2 * b, t, np.float32), _cat(null_cond, cond))
             v_uncond, v_cond = both[:b], both[b:]
-            v = v_uncond + np.float32(guidance) * (v_cond - v_uncond)
+            v = cfg_combine(v_uncond, v_cond, np.float32(guidance))
         x = x + (s - t) * v
     return x
 
@@ -56,7 +58,7 @@ def consistency_np(
     x = noise.astype(np.float32)
     b = x.shape[0]
     for i, t in enumerate(ts):
-        x0 = x - t * velocity(x, np.full(b, t, np.float32), cond)
+        x0 = x0_from_velocity(x, t, velocity(x, np.full(b, t, np.float32), cond))
         if i + 1 < len(ts):
             s = ts[i + 1]
             x = (1 - s) * x0 + s * renoise(i).astype(np.float32)

@@ -18,11 +18,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 
-from .asgi_metrics import RequestMetrics
-from .batcher import BatchReport, Job, MicroBatcher, QueueFull
-from .bench import png_bytes
-from .generator import Generator
-from .text import PromptTooLongError
+from fewstep.runtime.asgi_metrics import RequestMetrics
+from fewstep.runtime.batcher import BatchReport, Job, MicroBatcher, QueueFull
+from fewstep.runtime.bench import png_bytes
+from fewstep.runtime.generator import Generator
+from fewstep.runtime.text import PromptTooLongError
 
 MAX_PROMPT_CHARS = 2000  # long before the token limit; bounds what a request can make the server hold
 MAX_BODY_BYTES = 64 * 1024

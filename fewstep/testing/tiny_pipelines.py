@@ -22,7 +22,7 @@ TOKENS = 48  # tokenizer max length (CLIP: 77); shapes captions take at most ~20
 @functools.lru_cache(maxsize=1)
 def _words() -> list[str]:
     """Every word of the built-in shapes captions (and the distillation sample prompts)."""
-    from ..models.datasets import make_dataset
+    from fewstep.models.datasets import make_dataset
 
     ds = make_dataset("shapes", IMAGE_SIZE, 0, 3000, None)
     text = " ".join(ds.caption(i) for i in range(3000)) + " a red circle large blue square white background green"

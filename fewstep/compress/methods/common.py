@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from ...models.contract import Cond
-from ..flow_matching import bcast
+from fewstep.core.flow_math import bcast, cfg_combine, x0_from_velocity
+from fewstep.models.contract import Cond
 
 
 def x0_prediction(model, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-    """x0_hat = x_t - t v(x_t, t)."""
-    return x_t - bcast(t, x_t) * model(x_t, t, cond)
+    """x0_hat = x_t - t v(x_t, t), the model's own velocity."""
+    return x0_from_velocity(x_t, t, model(x_t, t, cond))
 
 
 def step_grid(k: int) -> torch.Tensor:
     """The times a k-step Euler student starts its steps from: 1, (k-1)/k, ..., 1/k."""
     return torch.arange(k, 0, -1, dtype=torch.float32) / k
-
-
-def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t = (1 - t) x0 + t eps."""
-    tb = bcast(t, x0)
-    return (1 - tb) * x0 + tb * eps
 
 
 @torch.no_grad()
@@ -32,7 +26,7 @@ def cfg_velocity(teacher, x: torch.Tensor, t: torch.Tensor, cond: Cond, w, null:
     nulls = null.to(x.device) if null.batch_size == x.shape[0] else null.to(x.device).repeat(x.shape[0])
     v_u, v_c = teacher(torch.cat([x, x]), torch.cat([t, t]), Cond.cat([nulls, cond])).chunk(2)
     w = bcast(torch.as_tensor(w, dtype=x.dtype, device=x.device).expand(x.shape[0]), x)
-    return v_u + w * (v_c - v_u)
+    return cfg_combine(v_u, v_c, w)
 
 
 class FrozenCopy:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...models.contract import Cond
-from ..distributed import StepRandom
-from ..flow_matching import bcast
-from .common import FrozenCopy, cfg_velocity, interpolate, x0_prediction
-from .distance import get_distance
+from fewstep.compress.distributed import StepRandom
+from fewstep.compress.methods.common import FrozenCopy, cfg_velocity, x0_prediction
+from fewstep.compress.methods.distance import get_distance
+from fewstep.core.flow_math import bcast, interpolate
+from fewstep.models.contract import Cond
 
 
 @dataclass

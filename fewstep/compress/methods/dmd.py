@@ -24,13 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...models.contract import Cond
-from .. import distributed as ddp
-from ..distributed import StepRandom
-from ..flow_matching import bcast
-from ..trainer import load_optimizer_tensors, optimizer_tensors
-from .common import FrozenCopy, cfg_velocity, interpolate
-from .distance import get_distance
+from fewstep.compress import distributed as ddp
+from fewstep.compress.distributed import StepRandom
+from fewstep.compress.methods.common import FrozenCopy, cfg_velocity
+from fewstep.compress.methods.distance import get_distance
+from fewstep.compress.trainer import load_optimizer_tensors, optimizer_tensors
+from fewstep.core.flow_math import bcast, interpolate, x0_from_velocity
+from fewstep.models.contract import Cond
 
 
 class MidFeatureHead(nn.Module):
@@ -151,7 +151,7 @@ class DMDLoss:
         x = z
         for t_now, t_next in zip(self.times[:steps], self.times[1 : steps + 1], strict=True):
             tt = torch.full((x.shape[0],), t_now, device=x.device)
-            x0 = x - t_now * model(x, tt, cond)
+            x0 = x0_from_velocity(x, t_now, model(x, tt, cond))
             x = interpolate(x0, rng.randn(*x.shape).to(x.device), torch.full_like(tt, t_next))
         return x
 
@@ -165,15 +165,15 @@ class DMDLoss:
         i = int(torch.randint(0, len(self.times), (1,), generator=rng.generator)) if len(self.times) > 1 else 0
         x_in = self._backward_simulation(model, z, cond, i, rng)
         t_in = self.times[i]
-        x = x_in - t_in * model(x_in, torch.full_like(ones, t_in), cond)
+        x = x0_from_velocity(x_in, t_in, model(x_in, torch.full_like(ones, t_in), cond))
         logs = self._update_fake(x.detach(), y_pair, cond, rng)
         # distribution matching gradient, both scores at the same noisy point
         t, eps = self._t(b, rng, x.device), rng.randn(*x.shape).to(x.device)
         with torch.no_grad():
             x_t = interpolate(x.detach(), eps, t)
-            x0_real = x_t - bcast(t, x_t) * cfg_velocity(self._real, x_t, t, cond, self.w_real, self.null_cond)
+            x0_real = x0_from_velocity(x_t, t, cfg_velocity(self._real, x_t, t, cond, self.w_real, self.null_cond))
             self.fake.eval()
-            x0_fake = x_t - bcast(t, x_t) * self.fake(x_t, t, cond)
+            x0_fake = x0_from_velocity(x_t, t, self.fake(x_t, t, cond))
             self.fake.train()
             norm = (x.detach() - x0_real).abs().flatten(1).mean(1).clamp_min(1e-8)
             grad = (x0_fake - x0_real) / bcast(norm, x)

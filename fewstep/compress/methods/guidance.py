@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...models.contract import Cond
-from ..distributed import StepRandom
-from ..flow_matching import sample_t
-from .common import FrozenCopy, cfg_velocity, interpolate
+from fewstep.compress.distributed import StepRandom
+from fewstep.compress.flow_matching import sample_t
+from fewstep.compress.methods.common import FrozenCopy, cfg_velocity
+from fewstep.core.flow_math import interpolate
+from fewstep.models.contract import Cond
 
 
 @dataclass

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..distributed import StepRandom
-from .common import interpolate, step_grid, x0_prediction
-from .distance import get_distance
+from fewstep.compress.distributed import StepRandom
+from fewstep.compress.methods.common import step_grid, x0_prediction
+from fewstep.compress.methods.distance import get_distance
+from fewstep.core.flow_math import interpolate
 
 
 @dataclass

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ...models.contract import Cond
-from ..distributed import StepRandom
-from .common import FrozenCopy, cfg_velocity, interpolate
+from fewstep.compress.distributed import StepRandom
+from fewstep.compress.methods.common import FrozenCopy, cfg_velocity
+from fewstep.core.flow_math import interpolate
+from fewstep.models.contract import Cond
 
 
 @dataclass

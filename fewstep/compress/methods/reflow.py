@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..distributed import StepRandom
-from ..flow_matching import sample_t
-from .common import interpolate
+from fewstep.compress.distributed import StepRandom
+from fewstep.compress.flow_matching import sample_t
+from fewstep.core.flow_math import interpolate
 
 
 @dataclass

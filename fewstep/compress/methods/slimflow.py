@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..distributed import StepRandom
-from ..flow_matching import bcast, sample_t
-from .common import FrozenCopy, interpolate, step_grid, x0_prediction
-from .distance import get_distance
+from fewstep.compress.distributed import StepRandom
+from fewstep.compress.flow_matching import sample_t
+from fewstep.compress.methods.common import FrozenCopy, step_grid, x0_prediction
+from fewstep.compress.methods.distance import get_distance
+from fewstep.core.flow_math import bcast, interpolate, x0_from_velocity
 
 SCHEDULES = ("linear", "exponential", "cosine")
 
@@ -107,8 +108,8 @@ class FlowGuidedLoss:
         tau = t_i * (lo + (hi - lo) * rng.rand(n)).to(eps.device)
         with torch.no_grad():
             x_tau = x_t - bcast(t_i - tau, x_t) * v
-            x0_guide = x_tau - bcast(tau, x_t) * self._guide(x_tau, tau, cond)
-        l_guide = self.d(x_t - bcast(t_i, x_t) * v, x0_guide)
+            x0_guide = x0_from_velocity(x_tau, tau, self._guide(x_tau, tau, cond))
+        l_guide = self.d(x0_from_velocity(x_t, t_i, v), x0_guide)
         loss = l_distill + self.guide_weight * l_guide
         return loss, {"loss": loss.item(), "distill": l_distill.item(), "guide": l_guide.item()}
 

@@ -6,9 +6,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .digits import DigitsDataset
-from .imagefolder import ImageFolderDataset, ImageFolderError
-from .shapes import ShapesDataset, ShapesLabel
+from fewstep.models.datasets.digits import DigitsDataset
+from fewstep.models.datasets.imagefolder import ImageFolderDataset, ImageFolderError
+from fewstep.models.datasets.shapes import ShapesDataset, ShapesLabel
 
 
 class CaptionedImages(Protocol):

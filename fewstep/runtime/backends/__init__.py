@@ -6,7 +6,7 @@ import importlib
 import inspect
 from pathlib import Path
 
-from ..engine import BackendUnavailable, Engine
+from fewstep.runtime.engine import BackendUnavailable, Engine
 
 BACKENDS = {
     "onnxruntime": "fewstep.runtime.backends.onnxruntime",

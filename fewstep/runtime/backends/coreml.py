@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import BackendUnavailable, check_inputs
+from fewstep.runtime.engine import BackendUnavailable, check_inputs
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import BackendUnavailable, check_inputs
+from fewstep.runtime.engine import BackendUnavailable, check_inputs
 
 # tried in this order when present in the installed onnxruntime build
 PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

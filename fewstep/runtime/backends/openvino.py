@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import BackendUnavailable, check_inputs
+from fewstep.runtime.engine import BackendUnavailable, check_inputs
 
 MAX_SHAPES = 8  # compiled batch sizes kept: 1, 2, 4, ..., 128
 CACHE_ENV = "FEWSTEP_OPENVINO_CACHE_DIR"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import BackendUnavailable, EngineInputError, check_inputs
+from fewstep.runtime.engine import BackendUnavailable, EngineInputError, check_inputs
 
 
 def _cudart():

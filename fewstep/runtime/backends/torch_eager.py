@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import BackendUnavailable, check_inputs
+from fewstep.runtime.engine import BackendUnavailable, check_inputs
 
 
 def _torch():
@@ -53,9 +53,9 @@ def open_engine(path: Path, entry: dict, threads: int | None = None, device: str
     fp32, so the export speed gate refuses them there)."""
     torch = _torch()
     try:
-        from ...export.denoiser import Denoiser, HalfIO
-        from ...models.checkpoint import CheckpointError
-        from ...models.loading import load_model
+        from fewstep.export.denoiser import Denoiser, HalfIO
+        from fewstep.models.checkpoint import CheckpointError
+        from fewstep.models.loading import load_model
     except ImportError as e:
         raise BackendUnavailable(f"torch engines need fewstep's model code and its dependencies: {e}") from e
     try:  # safetensors; the network is rebuilt from the spec (diffusers), nothing is unpickled

@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..engine import BackendUnavailable
-from .torch_eager import TorchModuleEngine, _torch
+from fewstep.runtime.backends.torch_eager import TorchModuleEngine, _torch
+from fewstep.runtime.engine import BackendUnavailable
 
 
 def unavailable_reason() -> str | None:

@@ -6,11 +6,14 @@ Temp file in the same directory, fsync, rename: a crash or a full disk leaves th
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from fewstep.core.errors import UserError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: os.umask can only be read by setting it
@@ -21,7 +24,7 @@ _LIBRARY_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
-class OutputWriteError(OSError):
+class OutputWriteError(UserError, OSError):
     """An output could not be written (full disk, quota, permissions); the previous file is intact."""
 
 
@@ -88,3 +91,21 @@ def remove_stale_temps(directory: str | Path) -> int:
             p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a directory (e.g. an .mlpackage): its files' relative paths and contents in order."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            h.update(bytes.fromhex(sha256_of(f)))
+        return h.hexdigest()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def size_of(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...models.datasets import make_dataset
-from ..evaluate import EVAL_PROMPT_SEED, REFERENCE_SEED, _eval_set, adherence
-from ..quality import FeatureSpace, ReferenceMetrics, fid_kid, inception_features, judge_features
-from ..train_judge import load_judge
-from .sweep import SweepConfig
+from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, REFERENCE_SEED, _eval_set, adherence
+from fewstep.evaluation.quality import FeatureSpace, ReferenceMetrics, fid_kid, inception_features, judge_features
+from fewstep.evaluation.train_judge import load_judge
+from fewstep.models.datasets import make_dataset
+from fewstep.report.sweep import SweepConfig
 
 
 def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

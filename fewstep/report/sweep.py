@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...config import ConfigError, from_dict, read_yaml_mapping
+from fewstep.core.config import ConfigError, from_dict, read_yaml_mapping
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...fsio import atomic_write, atomic_write_text
-from ...imaging import captioned_grid, make_grid, save_png
+from fewstep.core.fsio import atomic_write, atomic_write_text
+from fewstep.core.imaging import captioned_grid, make_grid, save_png
 
 COLUMNS = ("system", "runs on", "steps", "NFE", "FID", "KID x1e3", "adherence", "p50 ms b1",
            "p99 ms b1", "images/s", "MB", "peak RSS MB", "Pareto")  # fmt: skip

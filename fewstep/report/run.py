@@ -18,15 +18,22 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...fsio import atomic_write, atomic_write_text, remove_stale_temps
-from ...runtime.bench import machine
-from ...runtime.bundle import read_manifest, sha256_of
-from ...runtime.engine import BackendUnavailable
-from .measure import Loaded, UnsupportedRequest, batch1_latency, fresh_process, load_engine, load_torch
-from .pareto import pareto_front
-from .quality_reference import QualityReference
-from .render import render_all
-from .sweep import SweepConfig, Unit, expand, measurement_key, sweep_to_dict
+from fewstep.core.fsio import atomic_write, atomic_write_text, remove_stale_temps, sha256_of
+from fewstep.report.measure import (
+    Loaded,
+    UnsupportedRequest,
+    batch1_latency,
+    fresh_process,
+    load_engine,
+    load_torch,
+)
+from fewstep.report.pareto import pareto_front
+from fewstep.report.quality_reference import QualityReference
+from fewstep.report.render import render_all
+from fewstep.report.sweep import SweepConfig, Unit, expand, measurement_key, sweep_to_dict
+from fewstep.runtime.bench import machine
+from fewstep.runtime.bundle import read_manifest
+from fewstep.runtime.engine import BackendUnavailable
 
 RESULTS_FORMAT = "fewstep-report/1"
 REUSABLE = ("ok", "refused", "unavailable", "unsupported")  # states that measuring again would not change
@@ -56,9 +63,9 @@ class Bundles:
                 self.log(f"bundle {path}: {self.errors[path]}")
 
     def _export(self, model: str, path: str, fields: dict) -> None:
-        from ...config import from_dict
-        from ...export.bundle import BundleExport
-        from ...export.config import ExportConfig
+        from fewstep.core.config import from_dict
+        from fewstep.export.bundle import BundleExport
+        from fewstep.export.config import ExportConfig
 
         cfg = from_dict(ExportConfig, fields, source=f"export of {model}")
         self.log(f"export {model} -> {path} ({', '.join(cfg.to)}; reuses what is already there)")
@@ -74,7 +81,7 @@ def artifact_sha(cfg: SweepConfig, unit: Unit, bundles: Bundles) -> str:
         m = bundles.manifests.get(str(cfg.resolve(unit.system.bundle, output=True)), {})
         entry = next((e for e in m.get("engines", []) + m.get("refused", []) if e["id"] == unit.engine), {})
         return json.dumps([entry.get("files"), entry.get("reason"), m.get("text_encoder", {}).get("sha256")])
-    from ...models.loading import resolve_checkpoint
+    from fewstep.models.loading import resolve_checkpoint
 
     try:
         return sha256_of(resolve_checkpoint(cfg.resolve(unit.system.model)))

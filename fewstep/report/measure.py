@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...runtime.bench import cold_start, percentiles, run_probe
-from ...sampling_rules import guidance_mode, resolve_guidance
-from .sweep import SweepConfig, Unit
+from fewstep.core.sampling_rules import guidance_mode, resolve_guidance
+from fewstep.report.sweep import SweepConfig, Unit
+from fewstep.runtime.bench import cold_start, percentiles, run_probe
 
 
 class UnsupportedRequest(ValueError):
@@ -58,7 +58,7 @@ def load_torch(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
     import torch
     import transformers
 
-    from ...models.pipeline import TorchPipeline
+    from fewstep.models.pipeline import TorchPipeline
 
     transformers.utils.logging.disable_progress_bar()  # a bar per loaded text encoder would bury the sweep's own
 
@@ -99,7 +99,7 @@ def _method(spec: dict) -> str:
 
 
 def _checkpoint_file(model: str) -> Path | None:
-    from ...models.loading import resolve_checkpoint
+    from fewstep.models.loading import resolve_checkpoint
 
     try:
         return resolve_checkpoint(model)
@@ -108,7 +108,7 @@ def _checkpoint_file(model: str) -> Path | None:
 
 
 def load_engine(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
-    from ...runtime import Generator
+    from fewstep.runtime import Generator
 
     bundle = cfg.resolve(unit.system.bundle, output=True)
     if ("engine", bundle, unit.engine) not in cache:

@@ -1,4 +1,4 @@
-"""Image grids and PNG helpers (numpy + pillow only, so the runtime can use them too)."""
+"""Image grids, PNG helpers and image PSNR (numpy + pillow only, so the runtime can use them too)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .fsio import atomic_write
+from fewstep.core.fsio import atomic_write
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
     return np.clip((x.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two image batches in [-1, 1] (clipped, mapped to [0, 1] with peak 1); inf if equal."""
+    x = (np.clip(a, -1, 1) + 1) / 2
+    y = (np.clip(b, -1, 1) + 1) / 2
+    mse = float(np.mean((x.astype(np.float64) - y) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 def make_grid(images: np.ndarray, nrow: int | None = None, scale: int = 4, pad: int = 2) -> Image.Image:
