@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewstep.backends import load_engine
 from fewstep.core.imaging import psnr, to_uint8
 from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, _eval_set, adherence
 from fewstep.evaluation.quality import fid_kid, judge_features
@@ -29,7 +30,6 @@ from fewstep.export.bundle import BundleExport, side_by_side_options
 from fewstep.export.config import ExportConfig
 from fewstep.export.gates import side_by_side_ms, speed_inputs
 from fewstep.models.pipeline import sampling_times
-from fewstep.runtime.backends import load_engine
 from fewstep.runtime.engine import BackendUnavailable
 from fewstep.runtime.generator import Generator
 from fewstep.runtime.text import RuntimeTextEncoder
@@ -96,7 +96,7 @@ def measure(model: str, root: Path, n: int, runs: int, threads: int) -> dict:
         else:
             row["not_run"] = e.get("not_run") or e.get("reason")
             if row["backend"] == "coreml" and e["files"]:
-                from fewstep.export.to_coreml import describe
+                from fewstep.export.targets.coreml import describe
 
                 row["coreml_spec"] = describe(bundle / next(iter(e["files"])))
         rows.append(row)

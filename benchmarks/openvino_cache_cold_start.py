@@ -17,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from fewstep.runtime.backends.openvino import CACHE_ENV
+from fewstep.backends.openvino import CACHE_ENV
 from fewstep.runtime.bench import cold_start, machine
 
 ROOT = Path(__file__).resolve().parent

@@ -33,8 +33,11 @@ def make_tiny_teacher(root: Path) -> tuple[Path, Path, Path]:
 
 def distill_tiny(teacher, out: Path, method: str, resume: bool = False, **overrides) -> Path:
     """A few optimizer steps of `method` from `teacher` (a checkpoint or pipeline directory) into `out`."""
-    from fewstep.compress.distill import DistillConfig, distill
+    from fewstep.compress.distill import distill, get_method
+    from fewstep.core.config import field_names
 
     fields = dict(teacher=str(teacher), student="same", dataset_size=32, steps=4, batch_size=4, checkpoint_every=2,
                   sample_every=4, warmup_steps=1)  # fmt: skip
-    return distill(DistillConfig(method=method, **{**fields, **overrides}), out, resume=resume, progress=False)
+    known = field_names(get_method(method).config)  # the tiny defaults of the fields this method has
+    cfg = get_method(method).config(**{**{k: v for k, v in fields.items() if k in known}, **overrides})
+    return distill(cfg, out, resume=resume, progress=False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewstep.core.fsio import is_stale_temp as is_temp
-from fewstep.runtime.bundle import BUNDLE_FORMAT, IN_PROGRESS, MANIFEST, BundleError, read_manifest, verify_file
+from fewstep.core.manifest import FORMAT, IN_PROGRESS, MANIFEST, BundleError, read_manifest, verify_file
 
 KILLS = int(os.environ.get("FEWSTEP_KILLS", "2"))
 COMMAND = [sys.executable, "-m", "fewstep.cli"]
@@ -113,7 +113,7 @@ def check_outputs(root: Path) -> int:
     if not root.exists():
         return 0
     n = 0
-    bundles = {p.parent for p in root.rglob(MANIFEST) if json.loads(p.read_text()).get("format") == BUNDLE_FORMAT}
+    bundles = {p.parent for p in root.rglob(MANIFEST) if json.loads(p.read_text()).get("format") == FORMAT}
     bundles |= {p.parent for p in root.rglob(IN_PROGRESS)}
     for b in bundles:
         n += _check_bundle(b)
@@ -132,7 +132,7 @@ def _check_bundle(root: Path) -> int:
             assert "incomplete" in str(e)
             return 1
         raise AssertionError(f"{root}: an unfinished bundle was accepted")
-    files = dict(_listed_files(read_manifest(root)))
+    files = dict(_listed_files(read_manifest(root).to_json()))
     assert files, f"{root}: a finished bundle lists no files"
     for name, sha in files.items():
         verify_file(root, name, sha)

@@ -12,7 +12,8 @@ import torch
 from conftest import tiny_spec
 from PIL import Image
 
-from fewstep.cli import COMMANDS, main
+from fewstep.cli import main
+from fewstep.commands import COMMANDS
 from fewstep.models.loading import save_model
 from fewstep.models.presets import get_preset
 from fewstep.models.unet_flow import build_unet_flow
@@ -33,7 +34,7 @@ def test_console_script_help():
     assert "train-teacher" in out.stdout and "generate" in out.stdout
 
 
-@pytest.mark.parametrize("command", [c.replace("_", "-") for c in COMMANDS])
+@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

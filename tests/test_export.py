@@ -16,13 +16,13 @@ from tests.distill_fixtures import TINY_TEACHER
 pytest.importorskip("onnxscript", reason="export needs the export extra: pip install 'fewstep[export]'")
 pytest.importorskip("openvino", reason="export needs the export extra: pip install 'fewstep[export]'")
 
+from fewstep.core.manifest import IN_PROGRESS, BundleError, read_manifest
 from fewstep.export.bundle import BundleExport, ExportError
 from fewstep.export.config import ExportConfig
 from fewstep.models.loading import save_model
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.models.unet_flow import build_unet_flow
 from fewstep.runtime import Generator
-from fewstep.runtime.bundle import IN_PROGRESS, BundleError, read_manifest
 
 PROMPTS = ["a red circle on the left", "a picture of a small blue square above a green cross", ""]
 
@@ -59,7 +59,7 @@ def _checkpoint(root, mode: str):
 
 
 def _export(ckpt, out, **cfg):
-    return BundleExport(str(ckpt), out, ExportConfig(**{**FAST, **cfg}), "test", log=lambda _m: None).run()
+    return BundleExport(str(ckpt), out, ExportConfig(**{**FAST, **cfg}), "test", log=lambda _m: None).run().to_json()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_bundle_round_trip_and_tampered_file_refused_by_name(cfg_bundle, tmp_pat
     src, manifest = cfg_bundle
     out = tmp_path / "copy"
     shutil.copytree(src, out)
-    m = read_manifest(out)
+    m = read_manifest(out).to_json()
     assert m["format"] == "fewstep-bundle/1" and m["model"]["source_sha256"] == manifest["model"]["source_sha256"]
     assert m["sampler"]["timesteps"] == [1.0, 0.5, 0.0] and m["sampler"]["guidance"]["mode"] == "cfg"
     assert {"text_encoder.onnx", "tokenizer.json"} <= {p.name for p in out.iterdir()}
@@ -166,7 +166,7 @@ def test_reexport_reuses_valid_engines_and_rewrites_nothing(ckpts, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_export_never_looks_complete(ckpts, tmp_path, monkeypatch):
-    from fewstep.export import to_openvino
+    from fewstep.export.targets import openvino as to_openvino
 
     out = tmp_path / "b"
 
@@ -190,7 +190,7 @@ def test_parity_gate_refuses_a_broken_engine(ckpts, tmp_path, monkeypatch):
     import onnx
     from onnx import numpy_helper
 
-    from fewstep.export import to_onnx
+    from fewstep.export.targets import onnx as to_onnx
 
     real = to_onnx.to_fp16
 
@@ -237,9 +237,8 @@ def test_speed_gate_refuses_an_engine_slower_than_fp32():
 def test_bundled_tokenizer_and_text_encoder_match_torch(cfg_bundle, encoder):
     from fewstep.runtime.text import PromptTooLongError, RuntimeTextEncoder
 
-    root, manifest = cfg_bundle
-    te = manifest["text_encoder"]
-    rt = RuntimeTextEncoder(root / te["file"], root / te["tokenizer"], te)
+    root, _ = cfg_bundle
+    rt = RuntimeTextEncoder.from_bundle(root, read_manifest(root).text_encoder)
     out = rt.encode(PROMPTS)
     ref = encoder.encode(PROMPTS)
     np.testing.assert_array_equal(out["text_mask"], ref.text_mask.numpy())
@@ -255,9 +254,9 @@ def test_bad_export_requests_are_clear(ckpts, tmp_path):
         _export(ckpts["euler-none"], tmp_path / "b", to=("onnxx",))
     with pytest.raises(ExportError, match="coreml writes none of"):
         _export(ckpts["euler-none"], tmp_path / "b", to=("coreml",), precision=("int8",))
-    from fewstep.export.to_tensorrt import can_run
+    from fewstep.runtime.registry import get_backend
 
-    if can_run():  # no GPU / no TensorRT here: refused before any work, with the reason
+    if get_backend("tensorrt").unavailable_reason():  # no GPU / no TensorRT here: refused before any work
         with pytest.raises(ExportError, match="built on the NVIDIA GPU"):
             _export(ckpts["euler-none"], tmp_path / "b", to=("tensorrt",), precision=("fp16",))
         assert not (tmp_path / "b").exists()
@@ -320,7 +319,7 @@ def test_runtime_generates_from_a_bundle_with_torch_unimportable(cfg_bundle, tmp
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    ckpt = TorchPipeline.from_checkpoint(read_manifest(root)["model"]["source"])
+    ckpt = TorchPipeline.from_checkpoint(read_manifest(root).to_json()["model"]["source"])
     ref = ckpt.generate(PROMPTS, [5, 6, 7])
     assert np.abs(np.load(tmp_path / "out.npy").astype(int) - ref.astype(int)).max() <= 1
 
@@ -351,9 +350,10 @@ def test_bench_cli_reports_latency_stages_cold_start_and_edge_profiles(cfg_bundl
 
 
 def test_engine_boundary_rejects_wrong_names_dtypes_and_shapes():
+    from fewstep.core.manifest import TensorSpec
     from fewstep.runtime.engine import EngineInputError, check_inputs
 
-    specs = {"x": {"shape": ["B", 3, 4, 4], "dtype": "float32"}, "t": {"shape": ["B"], "dtype": "float32"}}
+    specs = {"x": TensorSpec(("B", 3, 4, 4)), "t": TensorSpec(("B",))}
     good = {"x": np.zeros((2, 3, 4, 4), np.float32), "t": np.zeros(2, np.float32)}
     assert check_inputs(good, specs) == 2
     bad = [
@@ -404,7 +404,7 @@ def test_generator_splits_requests_to_the_engines_largest_batch(cfg_bundle):
 
     gen.denoiser = Capped()
     capped = gen.generate(prompts, seeds, guidance=3.0)
-    assert max(rows) <= 4 and sum(rows) == 2 * 5 * (len(gen.sampler["timesteps"]) - 1)
+    assert max(rows) <= 4 and sum(rows) == 2 * 5 * gen.sampler.steps()
     np.testing.assert_allclose(capped.astype(float), unlimited.astype(float), atol=1)  # same images, per-call split
     Capped.max_batch = 1
     with pytest.raises(ValueError, match="CFG needs 2"):
@@ -443,7 +443,7 @@ def test_openvino_shared_inputs_are_read_not_kept_or_written(cfg_bundle, static_
     root, _ = cfg_bundle
     engine = Generator.from_bundle(root, engine="openvino-fp32", static_shapes=static_shapes).denoiser
     rng = np.random.default_rng(0)
-    shapes = {k: [1 if d == "B" else int(d) for d in s["shape"]] for k, s in engine.inputs.items()}
+    shapes = {k: s.concrete(1) for k, s in engine.inputs.items()}
     feed = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in shapes.items()}
     feed["t"] = np.full(1, 0.7, np.float32)
     before = {k: v.copy() for k, v in feed.items()}

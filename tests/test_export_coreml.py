@@ -32,8 +32,8 @@ def tiny_denoiser(**unet_extra):
 
 
 def export(denoiser, out_dir, precision: str, **options):
-    from fewstep.export import to_coreml
-    from fewstep.export.registry import ExportContext
+    from fewstep.export.context import ExportContext
+    from fewstep.export.targets import coreml as to_coreml
 
     return to_coreml.export(ExportContext(denoiser, out_dir, options=options), precision)
 
@@ -42,8 +42,8 @@ def export(denoiser, out_dir, precision: str, **options):
 def packages(tmp_path_factory):
     """fp16, int8w and palette4 packages of one tiny denoiser: {precision: (artifact, describe(path))}."""
     pytest.importorskip("coremltools", reason=NEEDS_CT)
-    from fewstep.export import to_coreml
-    from fewstep.export.registry import ExportContext
+    from fewstep.export.context import ExportContext
+    from fewstep.export.targets import coreml as to_coreml
 
     denoiser = tiny_denoiser()
     # one context, as a bundle export uses: the fp16 conversion is reused for int8w and palette4
@@ -78,7 +78,7 @@ def test_conversion_writes_the_declared_signature(packages, precision):
 def test_engine_reads_the_fixed_batch_from_the_package(packages):
     import coremltools as ct
 
-    from fewstep.runtime.backends.coreml import _package_batch
+    from fewstep.backends.coreml import _package_batch
 
     artifact, _ = packages[1]["palette4"]
     assert _package_batch(ct.models.MLModel(str(artifact.path), skip_model_load=True)) == 1
@@ -122,7 +122,7 @@ def test_compressed_packages_are_smaller(packages):
 @pytest.mark.slow
 def test_embedded_guidance_and_cfg_batch(tmp_path):
     pytest.importorskip("coremltools", reason=NEEDS_CT)
-    from fewstep.export.to_coreml import describe
+    from fewstep.export.targets.coreml import describe
 
     denoiser = tiny_denoiser(time_cond_proj_dim=8)
     artifact = export(denoiser, tmp_path, "fp16", cfg=True)
@@ -134,9 +134,10 @@ def test_embedded_guidance_and_cfg_batch(tmp_path):
 
 
 def test_fixed_batch_and_precision_errors(tmp_path):
-    from fewstep.export.to_coreml import PRECISIONS, fixed_batch
+    from fewstep.export.targets.coreml import fixed_batch
+    from fewstep.runtime.registry import get_backend
 
-    assert PRECISIONS == ("fp32", "fp16", "int8w", "palette4")
+    assert get_backend("coreml").precisions == ("fp32", "fp16", "int8w", "palette4")
     assert fixed_batch({}) == 1
     assert fixed_batch({"cfg": True}) == 2
     assert fixed_batch({"cfg": True, "coreml_batch": 4}) == 4
@@ -147,8 +148,8 @@ def test_fixed_batch_and_precision_errors(tmp_path):
 
 
 def test_conversion_is_reused_per_context_until_the_weights_change(monkeypatch, tmp_path):
-    from fewstep.export import to_coreml
-    from fewstep.export.registry import ExportContext
+    from fewstep.export.context import ExportContext
+    from fewstep.export.targets import coreml as to_coreml
 
     calls = []
     monkeypatch.setattr(to_coreml, "_convert", lambda *args: calls.append(args) or object())
@@ -175,22 +176,21 @@ def test_conversion_is_reused_per_context_until_the_weights_change(monkeypatch, 
 
 @pytest.mark.skipif(ON_MAC, reason="checks the refusal on systems without CoreML")
 def test_engine_refuses_off_macos(tmp_path):
-    from fewstep.export.to_coreml import can_run
-    from fewstep.runtime.backends import load_engine
-    from fewstep.runtime.backends.coreml import CoreMLEngine
+    from fewstep.backends.coreml import CoreMLEngine
     from fewstep.runtime.engine import BackendUnavailable
+    from fewstep.runtime.registry import get_backend, load_engine
 
-    assert "macOS" in can_run()
+    assert "macOS" in get_backend("coreml").unavailable_reason()
     with pytest.raises(BackendUnavailable, match="only on macOS"):
         CoreMLEngine(tmp_path / "denoiser.fp16.mlpackage", {}, {}, fixed_batch=1)
     with pytest.raises(BackendUnavailable, match="only on macOS"):
-        load_engine("coreml", tmp_path / "denoiser.fp16.mlpackage", {"inputs": {}, "outputs": {}}, threads=1)
+        load_engine("coreml", tmp_path / "denoiser.fp16.mlpackage", tiny_denoiser().entry("coreml"), threads=1)
 
 
 def test_engine_module_is_torch_free():
     code = (
         "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'diffusers', 'transformers')]\n"
-        "from fewstep.runtime.backends.coreml import CoreMLEngine, unavailable_reason\n"
+        "from fewstep.backends.coreml import CoreMLEngine, unavailable_reason\n"
         "assert CoreMLEngine.backend == 'coreml'\n"
         "reason = unavailable_reason()\n"
         "print(reason is None or 'macOS' in reason or 'coremltools' in reason)"
@@ -210,7 +210,7 @@ def test_engine_module_is_torch_free():
 )
 def test_prediction_matches_torch(tmp_path, precision, tol):
     pytest.importorskip("coremltools", reason=NEEDS_CT)
-    from fewstep.runtime.backends.coreml import CoreMLEngine
+    from fewstep.backends.coreml import CoreMLEngine
 
     denoiser = tiny_denoiser()
     artifact = export(denoiser, tmp_path, precision, coreml_batch=2, coreml_weight_threshold=SMALL_THRESHOLD)

@@ -15,6 +15,9 @@ import pytest
 import torch
 from conftest import TEXT_DIM, TINY_UNET, TOKENS
 
+from fewstep.core.manifest import TensorSpec
+from fewstep.runtime.registry import get_backend
+
 IMAGE = {"channels": 3, "height": 16, "width": 16}
 
 
@@ -66,7 +69,7 @@ def _torch_v(denoiser, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def test_op_table_follows_the_onnx_tensorrt_matrix():
-    from fewstep.export.to_tensorrt import TENSORRT_ONNX_OPS
+    from fewstep.export.targets.tensorrt import TENSORRT_ONNX_OPS
 
     for op in ("Conv", "InstanceNormalization", "LayerNormalization", "Gelu", "Resize", "QuantizeLinear"):
         assert op in TENSORRT_ONNX_OPS
@@ -78,7 +81,7 @@ def test_op_table_follows_the_onnx_tensorrt_matrix():
 def test_exported_denoiser_uses_only_ops_tensorrt_parses(denoiser_onnx):
     import onnx
 
-    from fewstep.export.to_tensorrt import check_for_tensorrt, unsupported_ops
+    from fewstep.export.targets.tensorrt import check_for_tensorrt, unsupported_ops
 
     assert unsupported_ops(denoiser_onnx) == {}
     check_for_tensorrt(denoiser_onnx)  # does not raise
@@ -137,7 +140,7 @@ def _graph_with_foreign_ops():
 def test_unsupported_and_custom_domain_ops_are_flagged(tmp_path):
     import onnx
 
-    from fewstep.export.to_tensorrt import check_for_tensorrt, unsupported_ops
+    from fewstep.export.targets.tensorrt import check_for_tensorrt, unsupported_ops
 
     model = _graph_with_foreign_ops()
     expected = {
@@ -191,7 +194,7 @@ def _plain_model():
 
 
 def test_qdq_graphs_must_be_symmetric_int8():
-    from fewstep.export.to_tensorrt import qdq_problems
+    from fewstep.export.targets.tensorrt import qdq_problems
 
     assert qdq_problems(_qdq_model(np.array(0, dtype=np.int8))) == []
     assert qdq_problems(_qdq_model(None)) == []
@@ -203,16 +206,16 @@ def test_qdq_graphs_must_be_symmetric_int8():
 def test_export_errors_name_the_fix(denoiser, tmp_path):
     import onnx
 
-    from fewstep.export import to_tensorrt
-    from fewstep.export.registry import ExportContext
+    from fewstep.export.context import ExportContext, get_exporter
+    from fewstep.export.targets import tensorrt as to_tensorrt
 
+    export = get_exporter("tensorrt")
     ctx = ExportContext(denoiser, tmp_path)
-    with pytest.raises(ValueError, match="qdq_onnx"):
-        to_tensorrt.export(ctx, "int8")
-    with pytest.raises(ValueError, match="export 'onnx' first"):
-        to_tensorrt.export(ctx, "fp16")
+    # int8 is built from a symmetric Q/DQ graph it quantizes itself, from the student's sampler inputs
+    with pytest.raises(ValueError, match="calibration data"):
+        export(ctx, "int8")
     with pytest.raises(ValueError, match="writes fp32, fp16, int8"):
-        to_tensorrt.export(ctx, "int4")
+        export(ctx, "int4")
     plain = tmp_path / "plain.onnx"
     onnx.save(_plain_model(), str(plain))
     with pytest.raises(ValueError, match="not explicitly quantized"):
@@ -227,10 +230,8 @@ def test_export_errors_name_the_fix(denoiser, tmp_path):
 
 
 def test_can_run_gives_a_reason_without_tensorrt():
-    from fewstep.export import to_tensorrt, to_torch_tensorrt
-
-    for module, package in ((to_tensorrt, "tensorrt"), (to_torch_tensorrt, "torch_tensorrt")):
-        reason = module.can_run()
+    for name, package in (("tensorrt", "tensorrt"), ("torch-tensorrt", "torch_tensorrt")):
+        reason = get_backend(name).unavailable_reason()
         try:
             __import__(package)
         except ImportError:
@@ -242,7 +243,7 @@ def test_can_run_gives_a_reason_without_tensorrt():
 def test_tensorrt_runtime_backend_is_torch_free_and_explains_absence():
     code = (
         "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'diffusers', 'transformers')]\n"
-        "from fewstep.runtime.backends.tensorrt import TensorRTEngine, unavailable_reason\n"
+        "from fewstep.backends.tensorrt import TensorRTEngine, unavailable_reason\n"
         "from fewstep.runtime.engine import BackendUnavailable\n"
         "reason = unavailable_reason()\n"
         "try:\n"
@@ -280,12 +281,12 @@ def test_polygraphy_inspects_and_runs_the_graph_with_onnxruntime(denoiser, denoi
 # ---- Triton model repository -------------------------------------------------------------------------------
 
 IO_IN = {
-    "x": {"shape": ["B", 3, 16, 16], "dtype": "float32"},
-    "t": {"shape": ["B"], "dtype": "float32"},
-    "text": {"shape": ["B", TOKENS, TEXT_DIM], "dtype": "float32"},
-    "text_mask": {"shape": ["B", TOKENS], "dtype": "float32"},
+    "x": TensorSpec(("B", 3, 16, 16)),
+    "t": TensorSpec(("B",)),
+    "text": TensorSpec(("B", TOKENS, TEXT_DIM)),
+    "text_mask": TensorSpec(("B", TOKENS)),
 }
-IO_OUT = {"v": {"shape": ["B", 3, 16, 16], "dtype": "float32"}}
+IO_OUT = {"v": TensorSpec(("B", 3, 16, 16))}
 
 
 @pytest.mark.parametrize("platform", ["onnxruntime_onnx", "tensorrt_plan"])
@@ -357,7 +358,7 @@ def test_triton_copies_onnx_external_weights(tmp_path):
     src.parent.mkdir()
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
     onnx.save(model, str(src), save_as_external_data=True, location="weights.bin", size_threshold=0)
-    io = {"x": {"shape": ["B", 2], "dtype": "float32"}}
+    io = {"x": TensorSpec(("B", 2))}
     write_triton_repository(tmp_path / "repo", "mm", src, "onnxruntime_onnx", io, {"y": io["x"]}, 4, [2], 100)
     assert (tmp_path / "repo" / "mm" / "1" / "weights.bin").read_bytes() == (src.parent / "weights.bin").read_bytes()
 
@@ -371,7 +372,7 @@ def test_triton_config_refuses_what_triton_would():
         "TYPE_BOOL",
     )
     with pytest.raises(ValueError, match="'B' must come first"):
-        config_pbtxt("m", "tensorrt_plan", {"x": {"shape": [3, "B"]}}, IO_OUT, 8)
+        config_pbtxt("m", "tensorrt_plan", {"x": TensorSpec((3, "B"))}, IO_OUT, 8)
     with pytest.raises(ValueError, match="only on a GPU"):
         config_pbtxt("m", "tensorrt_plan", IO_IN, IO_OUT, 8, kind="KIND_CPU")
     with pytest.raises(ValueError, match=r"1\.\.max_batch_size"):
@@ -386,7 +387,7 @@ def test_triton_config_refuses_what_triton_would():
 
 
 def _tensorrt_ctx(denoiser, denoiser_onnx, tmp_path, **options):
-    from fewstep.export.registry import ExportContext
+    from fewstep.export.context import ExportContext
 
     return ExportContext(denoiser, tmp_path, onnx_fp32=denoiser_onnx, max_batch=8, options={"opt_batch": 2, **options})
 
@@ -398,20 +399,20 @@ def _max_rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, tol", [("fp32", 1e-3), ("fp16", 2e-2)])
 def test_tensorrt_engine_matches_torch(precision, tol, denoiser, denoiser_onnx, tmp_path):
-    from fewstep.export import to_tensorrt
+    from fewstep.export.targets import tensorrt as to_tensorrt
 
-    reason = _gpu_skip_reason(to_tensorrt.can_run)
+    reason = _gpu_skip_reason(get_backend("tensorrt").unavailable_reason)
     if reason:
         pytest.skip(reason)
-    from fewstep.runtime.backends.tensorrt import TensorRTEngine
+    from fewstep.backends.tensorrt import TensorRTEngine
     from fewstep.runtime.engine import EngineInputError
 
     art = to_tensorrt.export(_tensorrt_ctx(denoiser, denoiser_onnx, tmp_path), precision)
     assert art.path.name == f"denoiser.{precision}.plan" and art.backend == "tensorrt"
     assert art.info["profile"]["min"] == 1 and art.info["profile"]["max"] == 8
     assert art.info["profile"]["shapes"]["x"]["opt"] == [2, 3, 16, 16]
-    io = denoiser.io_json()
-    engine = TensorRTEngine(art.path, io["inputs"], io["outputs"])
+    inputs, outputs = denoiser.io_specs()
+    engine = TensorRTEngine(art.path, inputs, outputs)
     assert engine.batch_range == (1, 8)
     for batch in (1, 3, 8):
         feed = _feed(denoiser, batch)
@@ -425,15 +426,15 @@ def test_tensorrt_engine_matches_torch(precision, tol, denoiser, denoiser_onnx, 
 
 @pytest.mark.slow
 def test_tensorrt_int8_engine_from_an_nncf_qdq_graph(denoiser, denoiser_onnx, tmp_path):
-    from fewstep.export import to_tensorrt
+    from fewstep.export.targets import tensorrt as to_tensorrt
 
-    reason = _gpu_skip_reason(to_tensorrt.can_run)
+    reason = _gpu_skip_reason(get_backend("tensorrt").unavailable_reason)
     if reason:
         pytest.skip(reason)
     nncf = pytest.importorskip("nncf", reason="the Q/DQ graph comes from NNCF: pip install 'fewstep[export]'")
     import onnx
 
-    from fewstep.runtime.backends.tensorrt import TensorRTEngine
+    from fewstep.backends.tensorrt import TensorRTEngine
 
     # symmetric activations: TensorRT needs zero points of 0 (NNCF's TRANSFORMER default, MIXED, is asymmetric)
     qdq = tmp_path / "denoiser.int8.qdq.onnx"
@@ -454,10 +455,10 @@ def test_tensorrt_int8_engine_from_an_nncf_qdq_graph(denoiser, denoiser_onnx, tm
 
 @pytest.mark.slow
 def test_torch_tensorrt_fp16_module_matches_torch(denoiser, tmp_path):
-    from fewstep.export import to_torch_tensorrt
-    from fewstep.export.registry import ExportContext
+    from fewstep.export.context import ExportContext
+    from fewstep.export.targets import torch_tensorrt as to_torch_tensorrt
 
-    reason = _gpu_skip_reason(to_torch_tensorrt.can_run)
+    reason = _gpu_skip_reason(get_backend("torch-tensorrt").unavailable_reason)
     if reason:
         pytest.skip(reason)
     import torch_tensorrt  # noqa: F401  (registers the TensorRT ops TorchScript needs to load)
@@ -472,9 +473,9 @@ def test_torch_tensorrt_fp16_module_matches_torch(denoiser, tmp_path):
             v = module(*(torch.from_numpy(feed[n]).cuda() for n in denoiser.input_names)).float().cpu().numpy()
         assert _max_rel_err(v, _torch_v(denoiser, feed)) < 2e-2
     # and through the runtime's torch-tensorrt backend, which the gates and Generator use
-    from fewstep.runtime.backends import load_engine
+    from fewstep.runtime.registry import load_engine
 
-    engine = load_engine("torch-tensorrt", art.path, denoiser.io_json(), threads=2)
+    engine = load_engine("torch-tensorrt", art.path, denoiser.entry("torch-tensorrt", "fp16"), threads=2)
     feed = _feed(denoiser, 3)
     assert _max_rel_err(engine.run(feed)["v"], _torch_v(denoiser, feed)) < 2e-2
 
@@ -482,12 +483,11 @@ def test_torch_tensorrt_fp16_module_matches_torch(denoiser, tmp_path):
 def test_every_backend_takes_the_options_the_generator_always_passes():
     """Generator.from_bundle passes `threads` to whichever backend it loads; an option a backend does not take is
     a clear ValueError naming what it does take (not a TypeError read as a malformed manifest)."""
-    import importlib
     import inspect
 
-    from fewstep.runtime.backends import BACKENDS, load_engine
+    from fewstep.runtime.registry import backends, load_engine
 
-    for name, module in BACKENDS.items():
-        assert "threads" in inspect.signature(importlib.import_module(module).open_engine).parameters, name
+    for backend in backends():
+        assert "threads" in inspect.signature(backend.open_engine).parameters, backend.name
     with pytest.raises(ValueError, match=r"tensorrt engines take no option cache_dir .*device, threads"):
-        load_engine("tensorrt", "engine.plan", {}, cache_dir="x")
+        load_engine("tensorrt", "engine.plan", None, cache_dir="x")

@@ -9,7 +9,7 @@ import torch
 
 from fewstep.export.decoder import ImageDecoder, export_decoder_onnx
 from fewstep.export.denoiser import denoiser_from_spec
-from fewstep.export.to_onnx import export_fp32
+from fewstep.export.targets.onnx import export_fp32
 from fewstep.models.diffusers_dir import load_codec
 from fewstep.models.loading import load_model
 from fewstep.models.text_encoders import load_text_encoder
@@ -74,11 +74,11 @@ def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
     student = distill_tiny(pipeline, tmp_path / "run", "progressive", start_steps=4, student_steps=2, dataset_size=16,
                            steps=2, batch_size=2, sample_every=100)  # fmt: skip
     cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=4, calibration_prompts=4)
-    manifest = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run()
+    manifest = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run().to_json()
     assert manifest["decoder"]["outputs"]["image"]["shape"] == ["B", 3, IMAGE_SIZE, IMAGE_SIZE]
     assert manifest["engines"][0]["gates"]["parity"]["passed"] is True
     stamps = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "bundle").iterdir() if f.is_file()}
-    again = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run()
+    again = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run().to_json()
     assert again["decoder"] == manifest["decoder"] and again["text_encoder"] == manifest["text_encoder"]
     now = {n: (tmp_path / "bundle" / n).stat().st_mtime_ns for n in stamps}
     rewritten = [n for n, t in stamps.items() if n != "manifest.json" and now[n] != t]
@@ -133,7 +133,7 @@ def test_sdxl_teacher_bundle_cfg_uses_zeros_for_the_empty_prompt(tmp_path):
 
     pipe = tiny_sdxl_pipeline(tmp_path / "sdxl")
     cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=2, calibration_prompts=2)
-    manifest = BundleExport(str(pipe), tmp_path / "bundle", cfg, log=lambda m: None).run()
+    manifest = BundleExport(str(pipe), tmp_path / "bundle", cfg, log=lambda m: None).run().to_json()
     te = manifest["text_encoder"]
     assert te["null_is_zeros"] is True and te["extra_ids"] == [IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE]
     prompts, seeds = ["a red circle", "a blue square"], [1, 2]

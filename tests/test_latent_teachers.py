@@ -170,8 +170,8 @@ def test_latent_distillation(pipelines, tmp_path, teacher, methods):
 
 def test_latent_teacher_refuses_pixel_presets(pipelines, tmp_path):
     with pytest.raises(ValueError, match="32x32 pixel design"):
-        from fewstep.compress.distill import DistillConfig, distill
+        from fewstep.compress.distill import distill, make_config
 
-        distill(DistillConfig(method="guidance", teacher=str(pipelines["epsilon"]), student="student-s"), tmp_path)
+        distill(make_config("guidance", teacher=str(pipelines["epsilon"]), student="student-s"), tmp_path)
     with pytest.raises(ValueError, match="transformers have none"):
         distill_tiny(pipelines["sd3"], tmp_path / "g", "guidance")

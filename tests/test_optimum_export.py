@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from fewstep.cli import main
-from fewstep.export.to_optimum import OptimumExport, OptimumExportError, check_exportable
+from fewstep.export.optimum import OptimumExport, OptimumExportError, check_exportable
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.models.samplers import seeded_noise
 from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline

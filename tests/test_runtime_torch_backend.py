@@ -15,11 +15,12 @@ from tests.test_export import PROMPTS, _checkpoint, _export
 
 pytest.importorskip("onnxscript", reason="export needs the export extra: pip install 'fewstep[export]'")
 
+from fewstep.core.manifest import EngineEntry, Manifest, TensorSpec
 from fewstep.export.denoiser import HalfIO
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.runtime import Generator
-from fewstep.runtime.backends import BACKENDS, load_engine
 from fewstep.runtime.engine import BackendUnavailable, EngineInputError
+from fewstep.runtime.registry import backends, load_engine
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,16 @@ def torch_bundle(tmp_path_factory):
     return out, ckpt, _export(ckpt, out, to=("onnx", "torch"), precision=("fp32", "fp16"))
 
 
-def test_every_exporter_writes_engines_a_runtime_backend_loads():
-    """Gates and `Generator` load engines by the backend the exporter names: each must be a runtime backend
-    (Torch-TensorRT engines once named one that did not exist, so no GPU could have gated or run them)."""
-    from fewstep.export.registry import EXPORTERS, RUNTIME_BACKEND
+def test_every_backend_with_an_exporter_resolves_it_and_names_itself_once():
+    """Gates and `Generator` load engines by the backend recorded with them; each backend is described once, with
+    its exporter (Torch-TensorRT engines once named a runtime backend that did not exist)."""
+    from fewstep.export.context import exporter_of
 
-    assert set(RUNTIME_BACKEND) == set(EXPORTERS)
-    assert set(RUNTIME_BACKEND.values()) <= set(BACKENDS)
+    found = backends()
+    assert {"onnxruntime", "openvino", "coreml", "tensorrt", "torch-tensorrt", "torch"} <= {b.name for b in found}
+    assert len({b.target for b in found}) == len(found)
+    for b in found:
+        assert b.exporter is None or callable(exporter_of(b)), b.name
 
 
 @pytest.mark.slow
@@ -60,7 +64,7 @@ def test_torch_engines_pass_the_gates_and_match_the_torch_student_and_onnx(torch
     half = Generator.from_bundle(root, engine="torch-fp16").generate(PROMPTS, seeds, guidance=4.0)
     assert np.abs(half.astype(int) - ref.astype(int)).mean() < 1.0  # fp16 compute: close, not exact
     # the comparison point is never picked over a real engine, by priority or by the server's timing
-    assert Generator.from_bundle(root).engine_entry["backend"] != "torch"
+    assert Generator.from_bundle(root).engine_entry.backend != "torch"
     from fewstep.runtime.engine_pick import measure_engines
 
     rows = {r["engine"]: r for r in measure_engines(root, 1, threads=1, runs=1)}
@@ -72,13 +76,13 @@ def test_torch_engine_validates_its_inputs_and_reads_only_safetensors(torch_bund
     from safetensors import safe_open
 
     root, _, manifest = torch_bundle
-    entry = next(e for e in manifest["engines"] if e["id"] == "torch-fp32")
+    entry = Manifest.from_json(manifest).engine("torch-fp32")
     path = root / "denoiser.torch-fp32.safetensors"
     with safe_open(str(path), "pt") as f:  # a plain safetensors checkpoint: the spec rides in its metadata
         assert json.loads(f.metadata()["fewstep"])["kind"] == "unet-flow"
     engine = load_engine("torch", path, entry, threads=1)
-    feed = {n: np.zeros([2 if d == "B" else d for d in s["shape"]], np.float32) for n, s in entry["inputs"].items()}
-    assert engine.run(feed)["v"].shape == (2, *entry["outputs"]["v"]["shape"][1:])
+    feed = {n: np.zeros(s.concrete(2), np.float32) for n, s in entry.inputs.items()}
+    assert engine.run(feed)["v"].shape == entry.outputs["v"].concrete(2)
     with pytest.raises(EngineInputError, match="'x' must have shape"):
         engine.run({**feed, "x": np.zeros((2, 3, 8, 8), np.float32)})
     with pytest.raises(EngineInputError, match="missing \\['guidance'\\]"):
@@ -91,7 +95,7 @@ def test_torch_engine_is_a_clear_error_where_torch_cannot_be_imported(torch_bund
     code = (
         "import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'diffusers', 'transformers')]\n"
         "from fewstep.runtime import Generator\n"
-        f"assert Generator.from_bundle({str(root)!r}).engine_entry['backend'] == 'onnxruntime'\n"
+        f"assert Generator.from_bundle({str(root)!r}).engine_entry.backend == 'onnxruntime'\n"
         "try:\n"
         f"    Generator.from_bundle({str(root)!r}, engine='torch-fp32')\n"
         "except Exception as e:\n"
@@ -133,7 +137,7 @@ def test_torch_tensorrt_program_exports_with_every_optional_input_and_a_dynamic_
     """The torch.export step of the Torch-TensorRT exporter, on CPU: an embedded-guidance student (a fifth,
     optional input) exports with one batch dimension and the program matches the module at other batches."""
     from fewstep.export.denoiser import denoiser_from_spec
-    from fewstep.export.to_torch_tensorrt import export_program
+    from fewstep.export.targets.torch_tensorrt import export_program
     from fewstep.models.unet_flow import build_unet_flow
     from tests.conftest import tiny_spec
     from tests.distill_fixtures import TINY_TEACHER
@@ -154,16 +158,15 @@ def test_torch_tensorrt_program_exports_with_every_optional_input_and_a_dynamic_
 def test_torch_tensorrt_engine_declares_its_profiles_batch_limit(monkeypatch, tmp_path):
     """The Generator splits requests by `max_batch`; without it a parity gate of 32 CFG prompts (64 rows) would
     overrun a profile of 32 on the GPU."""
-    from fewstep.runtime.backends import torch_tensorrt
+    from fewstep.backends import torch_tensorrt
 
     monkeypatch.setattr(torch_tensorrt, "unavailable_reason", lambda: None)
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: torch.nn.Identity())
-    entry = {
-        "inputs": {"x": {"shape": ["B"], "dtype": "float32"}},
-        "outputs": {"v": {"shape": ["B"], "dtype": "float32"}},
-    }
+    entry = EngineEntry("torch-tensorrt-fp16", "torch-tensorrt", "fp16", {"d.ts": ""}, {"x": TensorSpec(("B",))},
+                        {"v": TensorSpec(("B",))})  # fmt: skip
     path = tmp_path / "denoiser.torch-tensorrt-fp16.ts"
-    engine = torch_tensorrt.open_engine(path, {**entry, "info": {"profile": {"min": 1, "opt": 1, "max": 32}}})
+    profiled = EngineEntry(**{**entry.__dict__, "info": {"profile": {"min": 1, "opt": 1, "max": 32}}})
+    engine = torch_tensorrt.open_engine(path, profiled)
     assert engine.backend == "torch-tensorrt" and engine.max_batch == 32
     assert not hasattr(torch_tensorrt.open_engine(path, entry), "max_batch")  # the speed gate's temporary fp32
 
@@ -171,15 +174,17 @@ def test_torch_tensorrt_engine_declares_its_profiles_batch_limit(monkeypatch, tm
 def test_server_times_a_torch_engine_when_no_other_engine_runs_here(monkeypatch):
     from fewstep.runtime import engine_pick
 
-    engines = [{"id": "torch-fp32", "backend": "torch", "precision": "fp32"},
-               {"id": "tensorrt-fp16", "backend": "tensorrt", "precision": "fp16"}]  # fmt: skip
-    monkeypatch.setattr(engine_pick, "read_manifest", lambda _p: {"engines": engines})
+    spec = {"x": TensorSpec(("B",))}
+    engines = [EngineEntry("torch-fp32", "torch", "fp32", {"a": ""}, spec, spec),
+               EngineEntry("tensorrt-fp16", "tensorrt", "fp16", {"b": ""}, spec, spec)]  # fmt: skip
+    manifest = type("M", (), {"engines": engines})()
+    monkeypatch.setattr(engine_pick, "read_manifest", lambda _p: manifest)
     runs_here = {"torch-fp32"}
 
     def measure(path, entry, *args):
-        if entry["id"] in runs_here:
-            return {"engine": entry["id"], "batch": 1, "ms_per_call": 1.0, "images_per_s": 1.0}
-        return {"engine": entry["id"], "skipped": "no GPU"}
+        if entry.id in runs_here:
+            return {"engine": entry.id, "batch": 1, "ms_per_call": 1.0, "images_per_s": 1.0}
+        return {"engine": entry.id, "skipped": "no GPU"}
 
     monkeypatch.setattr(engine_pick, "_measure", measure)
     assert engine_pick.fastest_engine(engine_pick.measure_engines("b", 1)) == "torch-fp32"
@@ -189,9 +194,9 @@ def test_server_times_a_torch_engine_when_no_other_engine_runs_here(monkeypatch)
 
 
 def test_torch_tensorrt_backend_says_why_it_cannot_run_here(tmp_path):
-    from fewstep.runtime.backends.torch_tensorrt import unavailable_reason
+    from fewstep.backends.torch_tensorrt import unavailable_reason
 
-    entry = {"inputs": {}, "outputs": {"v": {"shape": ["B"], "dtype": "float32"}}}
+    entry = EngineEntry("torch-tensorrt-fp16", "torch-tensorrt", "fp16", {"d": ""}, {}, {"v": TensorSpec(("B",))})
     with pytest.raises(BackendUnavailable, match=r"TorchScript \(\.ts\) only"):
         load_engine("torch-tensorrt", tmp_path / "denoiser.torch-tensorrt-fp16.ep", entry)
     reason = unavailable_reason()

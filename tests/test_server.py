@@ -192,13 +192,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM, reason="headless Chromium not installed (Debian: apt-get install chromium)")
 def test_serve_picks_the_engine_with_the_most_images_per_second(bundle, tmp_path):
     """`fewstep serve` without --engine times every engine that loads here and serves the fastest."""
     import json
     import shutil
 
-    from fewstep.runtime.bundle import BundleError
+    from fewstep.core.manifest import BundleError
     from fewstep.runtime.engine import BackendUnavailable
     from fewstep.runtime.engine_pick import fastest_engine, format_rows, measure_engines, measure_in_subprocess
 
@@ -230,6 +229,8 @@ def test_serve_picks_the_engine_with_the_most_images_per_second(bundle, tmp_path
         measure_in_subprocess(tmp_path / "missing", batch=2)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM, reason="headless Chromium not installed (Debian: apt-get install chromium)")
 def test_web_page_renders_and_generates_in_headless_chromium(bundle, tmp_path):
     _, live = _serve(bundle)
     with live:

@@ -52,18 +52,18 @@ def test_tiny_decoder_learns_the_vae_decoder(trained):
 
 
 def test_bundle_carries_both_decoders_and_the_runtime_picks_one(trained, tmp_path):
+    from fewstep.core.manifest import BundleError
     from fewstep.export.bundle import BundleExport
     from fewstep.export.config import ExportConfig
     from fewstep.models.pipeline import TorchPipeline, sampling_times
     from fewstep.runtime import Generator
-    from fewstep.runtime.bundle import BundleError
 
     pipe, path = trained
     student = distill_tiny(pipe, tmp_path / "run", "progressive", start_steps=4, student_steps=2, dataset_size=16,
                            steps=2, batch_size=2, sample_every=100)  # fmt: skip
     cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=4, calibration_prompts=4,
                        tiny_decoder=str(path), decoder="tiny")  # fmt: skip
-    manifest = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run()
+    manifest = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run().to_json()
     assert manifest["default_decoder"] == "tiny" and set(manifest["decoders"]) == {"vae", "tiny"}
     assert manifest["decoder"] == manifest["decoders"]["vae"]  # the parity gates' reference stays the VAE
     tiny_entry = manifest["decoders"]["tiny"]
@@ -81,7 +81,7 @@ def test_bundle_carries_both_decoders_and_the_runtime_picks_one(trained, tmp_pat
     vae_images = with_vae.generate(prompts, seeds)
     assert np.abs(vae_images.astype(int) - torch_pipe.generate(prompts, seeds).astype(int)).max() <= 1
 
-    again = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run()
+    again = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run().to_json()
     assert again["decoders"]["tiny"] == tiny_entry  # unchanged tiny decoder: kept, not re-exported
     plain = tmp_path / "plain"
     BundleExport(str(student), plain, ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=2,

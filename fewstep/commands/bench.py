@@ -4,14 +4,20 @@ side by side with the torch student and the teacher at its many-step CFG setting
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
 
-from fewstep.commands.run_flags import count
+from fewstep.commands import Command, add_command
+from fewstep.commands.config_flags import count
+from fewstep.core.errors import install_hint
 from fewstep.core.fsio import atomic_write_text
+from fewstep.core.manifest import Manifest
+from fewstep.core.shipped import SHIPPED
+from fewstep.runtime.bench import DEFAULT_PROMPTS, EDGE_PROFILES, bench_batches, cold_start, machine, percentiles
+from fewstep.runtime.generator import Generator
 
-HELP = "measure a bundle's latency per batch size and stage, cold start, memory, edge profiles; vs torch and teacher"
 EPILOG = """examples:
   fewstep bench bundles/prog4                                  # best engine that loads here, batch 1,4,8
   fewstep bench bundles/prog4 --engine onnx-fp32 --batch-sizes 1,8 --runs 100 --out bench.json
@@ -31,9 +37,8 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text!r}") from None
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     p.add_argument("bundle", help="engine bundle directory (fewstep export)")
     p.add_argument("--engine", help="engine id from the manifest (default: the first that loads here)")
     p.add_argument(
@@ -58,20 +63,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _torch_rows(manifest: dict, args: argparse.Namespace, prompt: str) -> list[dict]:
-    import torch
+def _torch_rows(manifest: Manifest, args: argparse.Namespace, prompt: str) -> list[dict]:
+    """The student's checkpoint (and the teacher) run the way a diffusers pipeline would: torch eager."""
+    import torch  # train extra: the comparison rows run the torch models
 
-    from fewstep.models.loading import SHIPPED
-    from fewstep.models.pipeline import TorchPipeline
-    from fewstep.runtime.bench import percentiles
+    from fewstep.models.pipeline import TorchPipeline  # train extra (torch, diffusers)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     targets = []
     if not args.no_torch:
-        targets.append(("torch student (eager, its own schedule)", manifest["model"]["source"], None, args.runs))
-    teacher = manifest["model"].get("teacher") if args.teacher == "auto" else args.teacher
+        targets.append(("torch student (eager, its own schedule)", manifest.model.source, None, args.runs))
+    teacher = manifest.model.teacher if args.teacher == "auto" else args.teacher
     if args.teacher == "auto" and teacher not in SHIPPED:
         teacher = None
     if teacher and teacher != "none":
@@ -89,9 +93,6 @@ def _torch_rows(manifest: dict, args: argparse.Namespace, prompt: str) -> list[d
 
 
 def run(args: argparse.Namespace) -> int:
-    from fewstep.runtime import Generator
-    from fewstep.runtime.bench import DEFAULT_PROMPTS, EDGE_PROFILES, bench_batches, cold_start, machine
-
     if args.runs < 1 or args.warmup < 0 or not args.batch_sizes or min(args.batch_sizes) < 1:
         raise ValueError("--runs must be >= 1, --warmup >= 0 and every batch size >= 1")
     options = {"compute_units": args.coreml_compute_units} if args.coreml_compute_units else {}
@@ -100,23 +101,28 @@ def run(args: argparse.Namespace) -> int:
     entry = gen.engine_entry
     result = {
         "bundle": str(args.bundle),
-        "model": gen.manifest["model"]["name"],
-        "engine": entry["id"],
-        "backend": entry["backend"],
-        "precision": entry["precision"],
+        "model": gen.manifest.model.name,
+        "engine": entry.id,
+        "backend": entry.backend,
+        "precision": entry.precision,
         "threads": args.threads or "backend default",
-        "sampler": {k: gen.sampler.get(k) for k in ("rule", "timesteps")} | {"guidance": gen.guidance_mode},
+        "sampler": {"rule": gen.sampler.rule, "timesteps": list(gen.sampler.schedule(None).tolist()),
+                    "guidance": gen.guidance_mode},
         "machine": machine(),
         "batches": bench_batches(gen, args.batch_sizes, args.runs, args.warmup),
-        "cold_start": cold_start(args.bundle, entry["id"], args.threads),
+        "cold_start": cold_start(args.bundle, entry.id, args.threads),
     }
     if args.edge:
         result["edge_profiles"] = [
             {"profile": p.name, "emulated": p.note + "; this CPU's speed, not the device's",
-             **cold_start(args.bundle, entry["id"], p.threads, p.memory_mb)}
+             **cold_start(args.bundle, entry.id, p.threads, p.memory_mb)}
             for p in EDGE_PROFILES
         ]  # fmt: skip
-    result["torch"] = _torch_rows(gen.manifest, args, DEFAULT_PROMPTS[0])
+    if importlib.util.find_spec("torch") is None:
+        result["torch"] = []
+        result["torch_skipped"] = f"no torch here: the torch comparison rows need {install_hint('train')}"
+    else:
+        result["torch"] = _torch_rows(gen.manifest, args, DEFAULT_PROMPTS[0])
     b1 = next((r for r in result["batches"] if r["batch"] == 1), None)
     if b1:
         for row in result["torch"]:
@@ -149,6 +155,8 @@ def table(r: dict) -> str:
         state = (f"first image {e['first_image_s']:.2f} s, p50 {e['p50_ms']:.2f} ms, peak RSS {e['peak_rss_mb']:.0f} MB"
                  if e.get("ok") else f"FAILS: {e.get('error')}")  # fmt: skip
         lines.append(f"  edge {e['profile']:<14} ({e['emulated']}): {state}")
+    if "torch_skipped" in r:
+        lines.append(f"  torch rows skipped: {r['torch_skipped']}")
     for t in r["torch"]:
         lines.append(f"  {t['system']}: p50 {t['p50_ms']:.1f} ms at batch 1 -> runtime is "
                      f"{t.get('runtime_speedup', float('nan')):.1f}x faster")  # fmt: skip

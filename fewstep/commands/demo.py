@@ -7,10 +7,10 @@ import json
 import time
 from pathlib import Path
 
-from fewstep.commands.run_flags import count
+from fewstep.commands import Command, add_command
+from fewstep.commands.config_flags import count
 from fewstep.core.fsio import atomic_write_text
 
-HELP = "run the whole chain on the built-in default: distill, export, bench and a latency-vs-FID report"
 EPILOG = """stages (each reused when it finished before, so the demo is safe to re-run or to resume after a kill):
   1. distill   a SHORT guidance distillation of the shipped shapes teacher (a few hundred steps, a few minutes
                on 2 CPU cores: a demonstration, not a trained student; the shipped students were trained longer)
@@ -25,10 +25,8 @@ edit it and run `fewstep report OUT/sweep.yaml --out OUT/report` to measure more
 TEACHER = "shapes32-teacher"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     p.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     p.add_argument("--distill-steps", type=int, default=200, help="steps of the short distillation (default 200)")
     p.add_argument("--n", type=int, default=128, help="prompts (= images per system) in the report (default 128)")

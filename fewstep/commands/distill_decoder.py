@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from fewstep.commands.run_flags import add_run_flags, resolve_run_config
+from fewstep.commands import Command, add_command
+from fewstep.commands.config_flags import add_run_flags, resolve_run_config
+from fewstep.compress.tiny_decoder import DecoderDistillConfig, distill_decoder
+from fewstep.compress.trainer import RESUMABLE_CHANGES
 
-HELP = "distil a latent model's VAE decoder into a tiny TAESD-like decoder (the one-step latency fix)"
 EPILOG = """At one or two denoiser steps the VAE decoder dominates latency. The tiny decoder learns the VAE
 decoder's images (L1) on VAE latents of dataset images; the run ends with eval.json: PSNR against the VAE
 decoder and against the real images, and ms per image of both decoders.
@@ -18,19 +20,14 @@ examples:
   fewstep generate bundles/student --decoder vae --prompt "a lighthouse"     # the bundle keeps both"""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from fewstep.compress.tiny_decoder import DecoderDistillConfig
-
-    p = sub.add_parser("distill-decoder", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     add_run_flags(p, DecoderDistillConfig)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fewstep.compress.tiny_decoder import DecoderDistillConfig, distill_decoder
-
-    cfg = resolve_run_config(DecoderDistillConfig, args)
+    cfg = resolve_run_config(DecoderDistillConfig, args, RESUMABLE_CHANGES)
     if cfg is None:
         return 0
     path = distill_decoder(cfg, args.out, resume=args.resume, progress=not args.no_progress)

@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from fewstep.commands.run_flags import count
+from fewstep.commands import Command, add_command
+from fewstep.commands.config_flags import count
 from fewstep.core.fsio import atomic_write_text
 
-HELP = "measure domain FID, KID and prompt adherence of a model at several step counts"
 EPILOG = """examples:
   fewstep eval shapes32-teacher --out runs/eval-teacher                  # 50-step CFG and 1/2/4-step baselines
   fewstep eval runs/x/model.safetensors --setting euler:4:3 --setting heun:8:1 --n 256
@@ -21,10 +21,8 @@ FID in the feature space of the judge trained on the built-in data, and is label
 for every setting. Writes eval.json and one sample grid per setting into --out."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     p.add_argument("model", help="checkpoint path, run directory or shipped model name")
     p.add_argument("--dataset", choices=("shapes", "digits"), default="shapes")
     p.add_argument("--n", type=int, default=512, help="prompts (= images per setting), default 512")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "export a latent student as an ONNX pipeline directory that optimum's ORTDiffusionPipeline loads"
+from fewstep.commands import Command, add_command
+
 EPILOG = """examples:
   fewstep export-optimum runs/sd15-progressive --out sd15-2step-onnx
   # then, in an environment with optimum-onnx (no fewstep needed):
   #   from optimum.onnxruntime import ORTDiffusionPipeline
   #   pipe = ORTDiffusionPipeline.from_pretrained("sd15-2step-onnx")
   #   image = pipe("a red circle", num_inference_steps=2, guidance_scale=1.0).images[0]
+
+from fewstep.commands import Command, add_command
 
 What is written: optimum's own layout (model_index.json, scheduler/, tokenizer*/, text_encoder*/, unet/ or
 transformer/, vae_decoder/; one model.onnx + config.json each). Text encoders, tokenizers and VAE are the teacher
@@ -23,9 +26,8 @@ SD 1.x/2.x, SDXL and SD3 pipeline teachers. Consistency students and students wi
 (no diffusers scheduler / pipeline reproduces them): export those to a bundle with `fewstep export`."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-optimum", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     p.add_argument("model", help="a student checkpoint or run directory of a diffusers pipeline teacher")
     p.add_argument("--out", required=True, help="the pipeline directory to write (replaced if it is an earlier one)")
     p.add_argument("--force", action="store_true", help="replace an --out that is not an earlier optimum export")
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fewstep.export.to_optimum import OptimumExport
+    from fewstep.export.optimum import OptimumExport
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     record = OptimumExport(args.model, args.out, args.force, log).run()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fewstep.commands.run_flags import count
+from fewstep.commands import Command, add_command
+from fewstep.commands.config_flags import count
+from fewstep.core.errors import require
+from fewstep.core.imaging import captioned_grid, save_png
 from fewstep.core.prompts import read_prompts_file
+from fewstep.core.sampling_rules import Sampler
+from fewstep.runtime.generator import Generator
 
-HELP = "generate a PNG grid from a model for prompts and seeds (same seed -> same image)"
 EPILOG = """examples:
   fewstep generate shapes32-teacher --prompt "a red circle to the left of a blue square" --out grid.png
   fewstep generate runs/teacher/model.safetensors --prompts-file prompts.txt --seeds 0,1,2,3 --steps 4
@@ -28,10 +32,8 @@ def _seeds(text: str) -> list[int]:
         ) from None
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "generate", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     p.add_argument("model", help="checkpoint path, run directory, shipped model name, or an engine bundle directory")
     p.add_argument("--engine", help="for a bundle: the engine id to run (default: the first that loads here)")
     p.add_argument(
@@ -64,24 +66,20 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fewstep.core.imaging import captioned_grid, save_png
-    from fewstep.core.sampling_rules import guidance_mode, resolve_guidance, schedule
-
     prompts = read_prompts(args)
     rows = [p for p in prompts for _ in args.seeds]
     seeds = [s for _ in prompts for s in args.seeds]
     if (Path(args.model) / "manifest.json").is_file():  # an engine bundle: the torch-free runtime
         if args.sampler:
             raise ValueError("an engine bundle samples with its own rule; leave --sampler out")
-        from fewstep.runtime import Generator
-
         gen = Generator.from_bundle(args.model, engine=args.engine, decoder=args.decoder, threads=args.threads)
         images = gen.generate(rows, seeds, steps=args.steps, guidance=args.guidance)
-        sampler, source = gen.sampler, f"engine {gen.engine_entry['id']}"
+        sampler, source = gen.sampler, f"engine {gen.engine_entry.id}"
     else:
-        import torch
+        require("torch", "train", "generating from a checkpoint (a bundle needs only the runtime)")
+        import torch  # train extra
 
-        from fewstep.models.pipeline import TorchPipeline
+        from fewstep.models.pipeline import TorchPipeline  # train extra (torch, diffusers)
 
         if args.decoder:
             raise ValueError("--decoder chooses between a bundle's image decoders; a checkpoint decodes with its VAE")
@@ -91,17 +89,11 @@ def run(args: argparse.Namespace) -> int:
         images = pipe.generate(rows, seeds, steps=args.steps, guidance=args.guidance, sampler=args.sampler)
         sampler, source = pipe.spec["sampler"], "torch"
     path = save_png(captioned_grid(images, prompts, nrow=len(args.seeds), scale=args.scale), args.out)
-    w = resolve_guidance(sampler, args.guidance)
-    rule = args.sampler or sampler.get("rule", "euler")
-    n = len(schedule(sampler, args.steps)) - (0 if rule == "consistency" else 1)
-    mode = guidance_mode(sampler)
-    print(
-        f"wrote {path}: {len(prompts)} prompt(s) x {len(args.seeds)} seed(s), {rule} {n} step(s), "
-        + (
-            f"guidance baked in (w {sampler['guidance'].get('baked_scale', '?')})"
-            if mode == "none"
-            else f"guidance {w:g} ({mode})"
-        )
-        + f", {source}"
-    )
+    sampler = Sampler.parse(sampler)
+    w = sampler.resolve_guidance(args.guidance)
+    rule = args.sampler or sampler.rule
+    g = sampler.guidance
+    guidance = f"guidance baked in (w {g.baked_scale or '?'})" if g.mode == "none" else f"guidance {w:g} ({g.mode})"
+    print(f"wrote {path}: {len(prompts)} prompt(s) x {len(args.seeds)} seed(s), {rule} {sampler.steps(args.steps)} "
+          f"step(s), {guidance}, {source}")  # fmt: skip
     return 0

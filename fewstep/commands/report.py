@@ -7,7 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-HELP = "measure quality (domain FID / KID, adherence) and latency of many systems; draw the Pareto chart"
+from fewstep.commands import Command, add_command
+
 EPILOG = """examples:
   fewstep report --example > sweep.yaml        # a documented sweep to edit
   fewstep report benchmarks/sweeps/shapes32.yaml --out benchmarks/results/report
@@ -24,10 +25,8 @@ outputs in --out: results.json (every number), report.md, report.html (self-cont
 samples_side_by_side.png (a row per system, same prompts and seeds)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     p.add_argument("sweep", nargs="?", help="sweep YAML (see --example)")
     p.add_argument("--out", help="report directory (default: out/report-<sweep file name>)")
     p.add_argument("--n", type=int, help="override data.n: prompts = images per system")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from fewstep.commands.run_flags import count
+from fewstep.commands import Command, add_command
+from fewstep.commands.config_flags import count
 
-HELP = "serve a bundle over HTTP: /v1/generate, OpenAI-style /v1/images/generations, /metrics, a web page at /"
 EPILOG = """examples:
   fewstep serve bundles/prog4                               # http://127.0.0.1:8000/ (web page), /docs (API)
   fewstep serve bundles/prog4 --host 0.0.0.0 --port 9000 --max-batch 16 --max-wait-ms 5
@@ -24,9 +24,8 @@ behind any load balancer to scale out (or use the bundle's Triton repository, `f
 GPU fleets)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help=HELP, description=HELP, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     p.add_argument("bundle", help="engine bundle directory (fewstep export)")
     p.add_argument("--engine", help="engine id from the manifest (default: chosen by --pick)")
     p.add_argument(
@@ -65,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as e:
         raise ImportError("fewstep serve needs `pip install 'fewstep[serve]'` (fastapi, uvicorn)") from e
+    from fewstep.backends.openvino import CACHE_ENV
+    from fewstep.core.manifest import read_manifest
     from fewstep.runtime import Generator
-    from fewstep.runtime.backends.openvino import CACHE_ENV
-    from fewstep.runtime.bundle import read_manifest
     from fewstep.runtime.server import ServeConfig, create_app
 
     if args.engine_cache:
@@ -75,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(args.max_batch, args.max_wait_ms, args.max_queue, args.timeout, args.max_images)
     threads = args.threads or None
     engine = args.engine
-    if engine is None and args.pick == "throughput" and len(read_manifest(args.bundle)["engines"]) > 1:
+    if engine is None and args.pick == "throughput" and len(read_manifest(args.bundle).engines) > 1:
         from fewstep.runtime.engine_pick import fastest_engine, format_rows, measure_in_subprocess
 
         rows = measure_in_subprocess(args.bundle, args.max_batch, threads, args.decoder)
         engine = fastest_engine(rows)
         print(f"engines at {args.max_batch} image(s) per call on this machine:\n{format_rows(rows)}", flush=True)
     gen = Generator.from_bundle(args.bundle, engine=engine, decoder=args.decoder, threads=threads)
-    print(f"serving {gen.manifest['model']['name']} ({gen.engine_entry['id']}) on http://{args.host}:{args.port}/")
+    print(f"serving {gen.manifest.model.name} ({gen.engine_entry.id}) on http://{args.host}:{args.port}/")
     uvicorn.run(create_app(gen, config), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=int(args.timeout) + 5)  # fmt: skip
     return 0

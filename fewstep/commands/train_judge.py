@@ -5,19 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from fewstep.commands.run_flags import count
+from fewstep.commands import Command, add_command
+from fewstep.commands.config_flags import count
 
-HELP = "train a judge (shapes attribute classifier or digit classifier) used by `fewstep eval`"
 EPILOG = """The shipped judges were made with:
   fewstep train-judge shapes --out fewstep/weights/shapes32-judge.safetensors
   fewstep train-judge digits --out fewstep/weights/digits32-judge.safetensors
 Their held-out accuracy is stored in the file and printed by `fewstep info`."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train-judge", help=HELP, description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def register(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = add_command(sub, command, EPILOG)
     p.add_argument("kind", choices=("shapes", "digits"), help="which judge")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--n-train", type=int, default=20000, help="training images (shapes; digits uses its train split)")

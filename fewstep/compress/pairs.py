@@ -13,12 +13,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fewstep.core.config import to_dict
+from fewstep.core.config import Config, param, to_dict
 from fewstep.core.fsio import atomic_write_text, remove_stale_temps
 from fewstep.models.checkpoint import CheckpointError, load_tensors, save_tensors
 from fewstep.models.contract import Cond
@@ -35,24 +36,22 @@ NOISE_SEED_BASE = 10**12  # pair noise seeds never meet evaluation or sample-gri
 
 
 @dataclass(frozen=True)
-class PairsConfig:
-    teacher: str = "shapes32-teacher"  # checkpoint path or shipped name
-    dataset: str = "shapes"  # where the captions come from: shapes | digits | imagefolder
-    data_path: str | None = None  # imagefolder only
-    data_seed: int = 0  # shapes: which captions (the teacher's training captions by default)
-    n: int = 8192  # number of pairs
-    guidance: float = 3.0  # CFG scale of the teacher's ODE (part of the key)
-    solver: str = "heun"  # heun | euler
-    steps: int = 16  # solver steps (Heun: 2 evaluations per step but the last)
-    shard_size: int = 256
-    seed: int = 0  # noise seeds: NOISE_SEED_BASE * (seed + 1) + pair index
-    batch_size: int = 64
+class PairsConfig(Config):
+    """Which teacher ODE solutions to cache. Every field but `teacher` (its sha256 stands in) and `batch_size`
+    is part of the cache key: a directory holding pairs of another key is refused."""
 
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.shard_size < 1 or self.steps < 1 or self.batch_size < 1:
-            raise ValueError("n, shard_size, steps and batch_size must all be >= 1")
-        if not 0 <= self.guidance <= 30:
-            raise ValueError(f"guidance must be in [0, 30]; got {self.guidance}")
+    teacher: str = param("shapes32-teacher", "the teacher: a checkpoint, run directory, shipped name or local "
+                         "diffusers pipeline directory", path="checkpoint")  # fmt: skip
+    dataset: Literal["shapes", "digits", "imagefolder"] = param("shapes", "where the captions come from")
+    data_path: str | None = param(None, "imagefolder only: a folder with metadata.jsonl", path="dir")
+    data_seed: int = param(0, "shapes: which captions (the teacher's training captions by default)", min=0)
+    n: int = param(8192, "number of pairs", min=1)
+    guidance: float = param(3.0, "CFG scale of the teacher's ODE", min=0, max=30)
+    solver: Literal["heun", "euler"] = param("heun", "the ODE solver")
+    steps: int = param(16, "solver steps (Heun: 2 evaluations per step but the last)", min=1)
+    shard_size: int = param(256, "pairs per shard file (a killed run redoes at most one shard)", min=1)
+    seed: int = param(0, "noise seeds are NOISE_SEED_BASE * (seed + 1) + pair index", min=0)
+    batch_size: int = param(64, "pairs solved per teacher call", min=1)
 
 
 def dist_rank_world() -> tuple[int, int]:

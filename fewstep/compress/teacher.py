@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from fewstep import __version__
 from fewstep.compress.data import EncodedDataset
 from fewstep.compress.flow_matching import FlowMatchingLoss
-from fewstep.compress.trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
-from fewstep.core.config import to_dict, to_yaml
+from fewstep.compress.trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
+from fewstep.core.config import ConfigError, param, to_dict, to_yaml
 from fewstep.core.fsio import atomic_write_text
 from fewstep.core.imaging import captioned_grid, save_png, to_uint8
 from fewstep.models.datasets import make_dataset
@@ -25,34 +26,31 @@ SAMPLE_PROMPT_SEED = 12345  # held-out captions for the sample grids
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
-    name: str = "shapes32-teacher"  # model name written into the checkpoint
-    dataset: str = "shapes"  # shapes | digits | imagefolder
-    data_path: str | None = None  # folder with metadata.jsonl (imagefolder only)
-    dataset_size: int = 30000  # images drawn from `shapes` (the others use their whole folder / set)
-    data_seed: int = 0  # which shapes images; evaluation uses other seeds
-    preset: str = "teacher"  # network preset (fewstep info lists them)
-    text_encoder: str = "minilm"  # 'minilm' (offline, shipped) or a local CLIP directory
-    max_tokens: int = 32  # prompt length in tokens, special tokens included
-    cond_dropout: float = 0.1  # p of training on the empty prompt, for classifier-free guidance
-    t_sampling: str = "logit_normal"  # logit_normal | uniform (more training near t = 1, where layout is decided)
-    init: str | None = None  # start from this teacher checkpoint's weights (a fine-tune); same preset required
-    steps: int = 6000
-    batch_size: int = 32
-    lr: float = 4e-4
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 250
-    sample_every: int = 1000
-    seed: int = 0
-    device: str = "cpu"  # cpu | cuda | cuda:N
-    mixed_precision: str = "no"  # no | bf16 | fp16, GPUs only
-    sample_guidance: float = 3.0  # CFG scale of the sample grids and the checkpoint's default
-    sample_steps: int = 25  # Euler steps of the sample grids
+class TeacherConfig(LoopConfig):
+    """A flow-matching teacher: its data, network, text encoder and training (METHODS.md 'Teacher')."""
 
-    def loop(self) -> LoopConfig:
-        return loop_config(self)
+    name: str = param("shapes32-teacher", "model name written into the checkpoint")
+    dataset: Literal["shapes", "digits", "imagefolder"] = param("shapes", "training images")
+    data_path: str | None = param(None, "imagefolder only: a folder with metadata.jsonl", path="dir")
+    dataset_size: int = param(30000, "images drawn from `shapes` (the others use their whole folder / set)", min=1)
+    data_seed: int = param(0, "which shapes images; evaluation uses other seeds", min=0)
+    preset: str = param("teacher", "network preset (`fewstep info` lists them)")
+    text_encoder: str = param("minilm", "'minilm' (offline, shipped) or a local CLIP directory (transformers "
+                              "format)", metavar="minilm|DIR")  # fmt: skip
+    max_tokens: int = param(32, "prompt length in tokens, special tokens included", min=2)
+    cond_dropout: float = param(0.1, "probability of training on the empty prompt, for classifier-free guidance",
+                                min=0, max=1)  # fmt: skip
+    t_sampling: Literal["logit_normal", "uniform"] = param(
+        "logit_normal", "how training times are drawn (logit_normal: more training mid-path, where layout is decided)")
+    init: str | None = param(None, "start from this teacher checkpoint's weights (a fine-tune); same preset "
+                             "required", path="checkpoint")  # fmt: skip
+    sample_guidance: float = param(3.0, "CFG scale of the sample grids and the checkpoint's default", min=0, max=30)
+    sample_steps: int = param(25, "Euler steps of the sample grids", min=1)
+
+    def check(self) -> None:
+        super().check()
+        if self.dataset == "imagefolder" and not self.data_path:
+            raise ConfigError("dataset imagefolder needs --data-path FOLDER (with metadata.jsonl)", "data_path")
 
 
 def make_text_encoder(name: str, max_tokens: int) -> TextEncoder:

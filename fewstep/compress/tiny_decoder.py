@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ from torch import nn
 
 from fewstep import __version__
 from fewstep.compress.data import encode_latents
-from fewstep.compress.trainer import LoopConfig, TrainingLoop, check_resumable, loop_config, plot_training_curve
-from fewstep.core.config import to_dict, to_yaml
+from fewstep.compress.trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
+from fewstep.core.config import ConfigError, inherit, param, to_dict, to_yaml
 from fewstep.core.fsio import atomic_write_text
 from fewstep.core.imaging import make_grid, psnr, save_png, to_uint8
 from fewstep.models.checkpoint import CheckpointError, load_tensors, save_tensors
@@ -34,34 +35,32 @@ from fewstep.models.tiny_decoder import TinyDecoder, latent_layout, save_tiny_de
 
 
 @dataclass(frozen=True)
-class DecoderDistillConfig:
-    teacher: str = ""  # a local diffusers pipeline directory, or a latent student of one: its VAE is the target
-    channels: int = 64  # width of every decoder block (TAESD: 64)
-    blocks: int = 3  # residual blocks per resolution (TAESD: 3)
-    dataset: str = "shapes"  # images whose VAE latents are the training inputs: shapes | digits | imagefolder
-    data_path: str | None = None  # imagefolder only
-    dataset_size: int = 2000  # training images (rendered and VAE-encoded once, cached in the run directory)
-    eval_size: int = 256  # held-out images (another data seed) for the final PSNR and timing
-    data_seed: int = 0
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 250
-    sample_every: int = 500
-    seed: int = 0
-    device: str = "cpu"  # cpu | cuda | cuda:N
+class DecoderDistillConfig(LoopConfig):
+    """A tiny decoder trained on the VAE latents of dataset images to reproduce the VAE decoder's images."""
 
-    def __post_init__(self) -> None:
+    steps: int = inherit(LoopConfig, "steps", 2000)
+    batch_size: int = inherit(LoopConfig, "batch_size", 16)
+    lr: float = inherit(LoopConfig, "lr", 1e-3)
+    warmup_steps: int = inherit(LoopConfig, "warmup_steps", 100)
+    sample_every: int = inherit(LoopConfig, "sample_every", 500)
+    teacher: str = param("", "a local diffusers pipeline directory, or a latent student of one: its VAE decoder is "
+                         "the target", path="checkpoint")  # fmt: skip
+    channels: int = param(64, "width of every decoder block (TAESD: 64)", min=1)
+    blocks: int = param(3, "residual blocks per resolution (TAESD: 3)", min=1)
+    dataset: Literal["shapes", "digits", "imagefolder"] = param("shapes", "images whose VAE latents are the "
+                                                                "training inputs")  # fmt: skip
+    data_path: str | None = param(None, "imagefolder only: a folder with metadata.jsonl", path="dir")
+    dataset_size: int = param(2000, "training images (rendered and VAE-encoded once, cached in the run directory)",
+                              min=1)  # fmt: skip
+    eval_size: int = param(256, "held-out images (another data seed) for the final PSNR and timing", min=1)
+    data_seed: int = param(0, "which shapes images", min=0)
+
+    def check_ready(self) -> None:
+        """Before any work: a teacher is named and every path exists."""
+        self.check_paths()
         if not self.teacher:
-            raise ValueError("distill-decoder needs --teacher: a diffusers pipeline directory or a latent student")
-        if self.channels < 1 or self.blocks < 1:
-            raise ValueError(f"channels and blocks must be >= 1; got {self.channels}, {self.blocks}")
-
-    def loop(self) -> LoopConfig:
-        return loop_config(self)
+            raise ConfigError("distill-decoder needs --teacher: a diffusers pipeline directory or a latent student",
+                              "teacher")  # fmt: skip
 
 
 def _encode(codec: LatentCodec, ds, desc: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -138,6 +137,7 @@ def evaluate_tiny_decoder(model: TinyDecoder, codec: LatentCodec, spec: dict, cf
 
 def distill_decoder(cfg: DecoderDistillConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
     """Train a tiny decoder into `out`; returns `out/decoder.safetensors` (EMA weights) and writes eval.json."""
+    cfg.check_ready()
     out = Path(out)
     loop = cfg.loop()
     check_resumable(out, loop, to_dict(cfg), resume)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from fewstep.compress import distributed as ddp
 from fewstep.compress.distributed import StepRandom
-from fewstep.core.config import to_dict
+from fewstep.core.config import Config, ConfigError, param
 from fewstep.core.errors import UserError
 from fewstep.core.fsio import atomic_write, atomic_write_text, remove_stale_temps
 from fewstep.models.checkpoint import CheckpointError, load_tensors, save_tensors
@@ -48,49 +49,49 @@ class TrainingDivergedError(UserError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class LoopConfig:
-    steps: int = 6000  # optimizer steps in total (a resumed run continues to this number)
-    batch_size: int = 32
-    lr: float = 4e-4  # AdamW peak learning rate
-    warmup_steps: int = 200  # linear LR warm-up
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999  # EMA of the weights; the EMA model is the one saved for use
-    grad_clip: float = 1.0  # max global gradient norm (0 = off)
-    checkpoint_every: int = 250  # steps between atomic checkpoints (resume loses at most this many)
-    sample_every: int = 1000  # steps between sample grids (0 = never)
-    log_every: int = 10  # steps averaged into one metrics.jsonl line
-    seed: int = 0  # data order, noise and t draws all derive from (seed, step)
-    max_bad_steps: int = 20  # consecutive non-finite losses before giving up
-    device: str = "cpu"  # cpu | cuda | cuda:N
-    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; GPUs only: bf16 is ~130x slower on this CPU)
-    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes' 8-bit AdamW: ~1/4 of the optimizer memory; CUDA only)
+class LoopConfig(Config):
+    """The training loop's settings; every job config (teacher, distillation, decoder) extends it."""
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.batch_size > MAX_BATCH:  # before any allocation: a typo must not ask for terabytes
-            raise ValueError(f"batch_size must be <= {MAX_BATCH} per process; got {self.batch_size}")
-        if not 0 < self.lr < 1:
-            raise ValueError(f"lr must be in (0, 1); got {self.lr}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1); got {self.ema_decay}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16; got {self.mixed_precision!r}")
-        if self.optimizer not in ("adamw", "adamw8bit"):
-            raise ValueError(f"optimizer must be adamw or adamw8bit; got {self.optimizer!r}")
+    steps: int = param(6000, "optimizer steps in total; a resumed run continues to this number", min=1)
+    batch_size: int = param(32, "images per optimizer step (global: split over torchrun processes)", min=1,
+                            max=MAX_BATCH)  # fmt: skip
+    lr: float = param(4e-4, "AdamW peak learning rate", above=0, max=1)
+    warmup_steps: int = param(200, "linear learning-rate warm-up", unit="steps", min=0)
+    weight_decay: float = param(0.0, "AdamW weight decay", min=0)
+    ema_decay: float = param(0.999, "decay of the weights' EMA, the model that is saved for use (0 = no EMA)",
+                             min=0, max=0.999999)  # fmt: skip
+    grad_clip: float = param(1.0, "largest global gradient norm (0 = no clipping)", min=0)
+    checkpoint_every: int = param(250, "steps between atomic checkpoints (a resume loses at most this many)", min=1)
+    sample_every: int = param(1000, "steps between sample grids in OUT/samples (0 = none)", min=0)
+    log_every: int = param(10, "steps averaged into one metrics.jsonl line", min=1)
+    seed: int = param(0, "data order, noise and t draws all derive from (seed, step): a resume is exact", min=0)
+    max_bad_steps: int = param(20, "consecutive non-finite losses before the run stops", min=1)
+    device: str = param("cpu", "where to train: cpu, cuda or cuda:N", metavar="cpu|cuda|cuda:N")
+    mixed_precision: Literal["no", "bf16", "fp16"] = param(
+        "no", "autocast precision; GPUs only (bf16 is ~130x slower on CPUs without bf16 units)")
+    optimizer: Literal["adamw", "adamw8bit"] = param(
+        "adamw", "adamw8bit: bitsandbytes' 8-bit AdamW, ~1/4 of the optimizer memory; CUDA only")
+
+    def check(self) -> None:
+        super().check()
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be cpu, cuda or cuda:N; got {self.device!r}", "device")
         if self.optimizer == "adamw8bit" and not self.device.startswith("cuda"):
-            raise ValueError("optimizer=adamw8bit (bitsandbytes) runs on CUDA GPUs only; use adamw on this device")
+            raise ConfigError("optimizer=adamw8bit (bitsandbytes) runs on CUDA GPUs only; use adamw on this device",
+                              "optimizer")  # fmt: skip
         if self.mixed_precision != "no" and not self.device.startswith("cuda"):
-            raise ValueError(
-                f"mixed_precision={self.mixed_precision} needs a GPU (device cuda); on CPUs it is far slower than fp32"
-            )
+            raise ConfigError(f"mixed_precision={self.mixed_precision} needs a GPU (device cuda); on CPUs it is far "
+                              "slower than fp32", "mixed_precision")  # fmt: skip
+
+    def loop(self, **changes: Any) -> LoopConfig:
+        """The loop's own settings from a job config (`changes`: e.g. another step count for a second stage)."""
+        return loop_config(self, **changes)
 
 
-def loop_config(run_config, **changes) -> LoopConfig:
+def loop_config(run_config: Any, **changes: Any) -> LoopConfig:
     """The LoopConfig fields of a command's config dataclass (train-teacher, distill, distill-decoder)."""
     names = {f.name for f in fields(LoopConfig)}
-    return LoopConfig(**{**{k: v for k, v in to_dict(run_config).items() if k in names}, **changes})
+    return LoopConfig(**{**{k: getattr(run_config, k) for k in names if hasattr(run_config, k)}, **changes})
 
 
 def config_changes(meta: dict, loop: LoopConfig, run_config: dict) -> dict[str, tuple]:

@@ -8,6 +8,10 @@ baked in at `baked_scale`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 
 MAX_STEPS = 1000
@@ -31,37 +35,130 @@ def consistency_times(steps: int, grid: int) -> np.ndarray:
     return np.array([round(grid * (1 - i / steps)) / grid for i in range(steps)], dtype=np.float32)
 
 
-def schedule(sampler: dict, steps: int | None) -> np.ndarray:
+RULES = ("euler", "consistency")
+GUIDANCE_MODES = ("cfg", "embedded", "none")
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How a model is guided: `cfg` (two branches per step, any scale), `embedded` (a w input, scales in its
+    trained `range`) or `none` (baked in at `baked_scale`: one pass, no scale to choose)."""
+
+    mode: str = "cfg"
+    default_scale: float | None = None
+    range: tuple[float, float] | None = None
+    baked_scale: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode}
+        if self.default_scale is not None:
+            out["default_scale"] = self.default_scale
+        if self.range is not None:
+            out["range"] = list(self.range)
+        if self.baked_scale is not None:
+            out["baked_scale"] = self.baked_scale
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Guidance:
+        mode = data.get("mode", "cfg")
+        if mode not in GUIDANCE_MODES:
+            raise ValueError(f"guidance mode {mode!r} is not one of {', '.join(GUIDANCE_MODES)}")
+        rng = data.get("range")
+        if rng is not None and (not isinstance(rng, (list, tuple)) or len(rng) != 2):
+            raise ValueError(f"guidance range must be [low, high]; got {rng!r}")
+        scale, baked = data.get("default_scale"), data.get("baked_scale")
+        pair = None if rng is None else (float(rng[0]), float(rng[1]))
+        return cls(mode, None if scale is None else float(scale), pair, None if baked is None else float(baked))
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """What a model's spec (and a bundle's manifest) says about sampling: the rule, its own schedule or default
+    step count (with SD3's `shift`), the consistency `grid`, and the guidance mode."""
+
+    rule: str = "euler"
+    timesteps: tuple[float, ...] | None = None
+    default_steps: int | None = None
+    grid: int | None = None
+    shift: float | None = None
+    guidance: Guidance = Guidance()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, sampler: Sampler | Mapping[str, Any]) -> Sampler:
+        return sampler if isinstance(sampler, Sampler) else cls.from_dict(sampler)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sampler:
+        rule = data.get("rule", "euler")
+        if rule not in RULES:
+            raise ValueError(f"sampler rule {rule!r} is not one of {', '.join(RULES)}")
+        times = data.get("timesteps")
+        if times is not None and not (isinstance(times, (list, tuple)) and all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) for t in times)):  # fmt: skip
+            raise ValueError(f"sampler timesteps must be a list of numbers; got {times!r}")
+        g = data.get("guidance", {"mode": "cfg"})
+        if not isinstance(g, Mapping):
+            raise ValueError(f"sampler guidance must be an object; got {g!r}")
+        known = {"rule", "timesteps", "default_steps", "grid", "shift", "guidance"}
+        steps, grid, shift = data.get("default_steps"), data.get("grid"), data.get("shift")
+        return cls(rule, None if times is None else tuple(float(t) for t in times),
+                   None if steps is None else int(steps), None if grid is None else int(grid),
+                   None if shift is None else float(shift), Guidance.from_dict(g),
+                   {k: v for k, v in data.items() if k not in known})  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.rule}
+        if self.timesteps is not None:
+            out["timesteps"] = list(self.timesteps)
+        for name in ("default_steps", "grid", "shift"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return {**out, "guidance": self.guidance.to_dict(), **self.extra}
+
+    def schedule(self, steps: int | None) -> np.ndarray:
+        """The model's own schedule (`timesteps`) or `steps` evenly spaced (consistency: on its training grid)."""
+        if steps is None:
+            if self.timesteps is not None:
+                return np.asarray(self.timesteps, dtype=np.float32)
+            steps = self.default_steps or 50
+        if self.rule == "consistency":
+            return consistency_times(steps, self.grid or 1000)
+        return uniform_times(steps, self.shift or 1.0)  # SD3-style teachers shift towards noise
+
+    def steps(self, steps: int | None = None) -> int:
+        """Denoiser steps of `schedule(steps)` (Euler schedules end with t = 0, consistency ones do not)."""
+        return len(self.schedule(steps)) - (0 if self.rule == "consistency" else 1)
+
+    def resolve_guidance(self, guidance: float | None) -> float:
+        """Check a requested CFG scale against the guidance mode; None -> the default."""
+        g = self.guidance
+        if g.mode == "none":
+            if guidance not in (None, 1.0):
+                baked = "?" if g.baked_scale is None else g.baked_scale
+                raise ValueError(f"this model has guidance baked in (scale {baked}); it takes no --guidance")
+            return 1.0
+        w = (g.default_scale if g.default_scale is not None else 1.0) if guidance is None else float(guidance)
+        if g.mode == "embedded":
+            lo, hi = g.range or (0.0, MAX_GUIDANCE)
+            if not lo <= w <= hi:
+                raise ValueError(f"this student learned guidance scales in [{lo}, {hi}]; got {w}")
+        return w
+
+
+def schedule(sampler: Sampler | Mapping[str, Any], steps: int | None) -> np.ndarray:
     """The model's own schedule (`timesteps`) or `steps` evenly spaced (consistency: on its training grid)."""
-    if steps is None:
-        if "timesteps" in sampler:
-            return np.asarray(sampler["timesteps"], dtype=np.float32)
-        steps = int(sampler.get("default_steps", 50))
-    if sampler.get("rule") == "consistency":
-        return consistency_times(steps, int(sampler.get("grid", 1000)))
-    return uniform_times(steps, float(sampler.get("shift", 1.0)))  # SD3-style teachers shift towards noise
+    return Sampler.parse(sampler).schedule(steps)
 
 
-def guidance_mode(sampler: dict) -> str:
-    return sampler.get("guidance", {"mode": "cfg"}).get("mode", "cfg")
+def guidance_mode(sampler: Sampler | Mapping[str, Any]) -> str:
+    return Sampler.parse(sampler).guidance.mode
 
 
-def resolve_guidance(sampler: dict, guidance: float | None) -> float:
+def resolve_guidance(sampler: Sampler | Mapping[str, Any], guidance: float | None) -> float:
     """Check a requested CFG scale against the model's guidance mode; None -> its default."""
-    g = sampler.get("guidance", {"mode": "cfg"})
-    mode = g.get("mode", "cfg")
-    if mode == "none":
-        if guidance not in (None, 1.0):
-            raise ValueError(
-                f"this model has guidance baked in (scale {g.get('baked_scale', '?')}); it takes no --guidance"
-            )
-        return 1.0
-    w = float(g.get("default_scale", 1.0)) if guidance is None else float(guidance)
-    if mode == "embedded":
-        lo, hi = g.get("range", [0.0, MAX_GUIDANCE])
-        if not lo <= w <= hi:
-            raise ValueError(f"this student learned guidance scales in [{lo}, {hi}]; got {w}")
-    return w
+    return Sampler.parse(sampler).resolve_guidance(guidance)
 
 
 def validate_request(prompts: list[str], seeds: list[int], steps: int, guidance: float) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fewstep.export.denoiser import TensorSpec, io_json
+from fewstep.core.manifest import TensorSpec
+from fewstep.export.denoiser import Port, io_specs
 from fewstep.models.diffusers_dir import LatentCodec
 
 
@@ -24,14 +25,14 @@ class ImageDecoder(nn.Module):
         self.vae = codec.vae.eval()
         self.scaling_factor, self.shift_factor = codec.scaling_factor, codec.shift_factor
         img, out = spec["image"], spec["latent"]["decoded"]
-        self.inputs = [TensorSpec("latents", ("B", img["channels"], img["height"], img["width"]))]
-        self.outputs = [TensorSpec("image", ("B", out["channels"], out["height"], out["width"]))]
+        self.inputs = [Port("latents", ("B", img["channels"], img["height"], img["width"]))]
+        self.outputs = [Port("image", ("B", out["channels"], out["height"], out["width"]))]
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
 
-    def io_json(self) -> dict:
-        return io_json(self.inputs, self.outputs)
+    def io_specs(self) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+        return io_specs(self.inputs, self.outputs)
 
 
 class TinyImageDecoder(nn.Module):
@@ -41,19 +42,19 @@ class TinyImageDecoder(nn.Module):
         super().__init__()
         self.tiny = tiny.eval()
         img, out = spec["image"], spec["latent"]["decoded"]
-        self.inputs = [TensorSpec("latents", ("B", img["channels"], img["height"], img["width"]))]
-        self.outputs = [TensorSpec("image", ("B", out["channels"], out["height"], out["width"]))]
+        self.inputs = [Port("latents", ("B", img["channels"], img["height"], img["width"]))]
+        self.outputs = [Port("image", ("B", out["channels"], out["height"], out["width"]))]
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.tiny(latents)
 
-    def io_json(self) -> dict:
-        return io_json(self.inputs, self.outputs)
+    def io_specs(self) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+        return io_specs(self.inputs, self.outputs)
 
 
 def export_decoder_onnx(decoder: ImageDecoder | TinyImageDecoder, path: str | Path, max_batch: int = 4096) -> Path:
     """fp32 ONNX graph with a dynamic batch, checked and shape-inferred like the denoiser's."""
-    from fewstep.export.to_onnx import export_graph
+    from fewstep.export.targets.onnx import export_graph
 
     latents = torch.randn(decoder.inputs[0].concrete(2))
     return export_graph(decoder, (latents,), Path(path), ["latents"], ["image"], max_batch=max_batch)

@@ -13,22 +13,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.models.contract import Cond
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """One engine input or output: name, shape with "B" for the dynamic batch, numpy dtype name."""
+class Port:
+    """One named engine input or output: shape with "B" for the dynamic batch, numpy dtype name."""
 
     name: str
     shape: tuple[int | str, ...]
     dtype: str = "float32"
 
     def concrete(self, batch: int) -> tuple[int, ...]:
-        return tuple(batch if d == "B" else int(d) for d in self.shape)
+        return self.spec.concrete(batch)
 
-    def to_json(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype}
+    @property
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.shape, self.dtype)
 
 
 class Denoiser(nn.Module):
@@ -40,19 +42,19 @@ class Denoiser(nn.Module):
         self.model = model.eval()
         self.embedded_guidance = getattr(model, "guidance_dim", None) is not None
         c, h, w = image["channels"], image["height"], image["width"]
-        self.inputs = [
-            TensorSpec("x", ("B", c, h, w)),
-            TensorSpec("t", ("B",)),
-            TensorSpec("text", ("B", tokens, text_dim)),
-            TensorSpec("text_mask", ("B", tokens)),
+        self.inputs: list[Port] = [
+            Port("x", ("B", c, h, w)),
+            Port("t", ("B",)),
+            Port("text", ("B", tokens, text_dim)),
+            Port("text_mask", ("B", tokens)),
         ]
         if pooled_dim:
-            self.inputs.append(TensorSpec("pooled", ("B", pooled_dim)))
+            self.inputs.append(Port("pooled", ("B", pooled_dim)))
         if extra_ids:
-            self.inputs.append(TensorSpec("extra_ids", ("B", extra_ids)))
+            self.inputs.append(Port("extra_ids", ("B", extra_ids)))
         if self.embedded_guidance:
-            self.inputs.append(TensorSpec("guidance", ("B",)))
-        self.outputs = [TensorSpec("v", ("B", c, h, w))]
+            self.inputs.append(Port("guidance", ("B",)))
+        self.outputs = [Port("v", ("B", c, h, w))]
 
     @property
     def input_names(self) -> list[str]:
@@ -87,8 +89,14 @@ class Denoiser(nn.Module):
                 out.append(torch.randn(shape, generator=g))
         return tuple(out)
 
-    def io_json(self) -> dict:
-        return io_json(self.inputs, self.outputs)
+    def io_specs(self) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+        """(inputs, outputs) as the manifest records them."""
+        return io_specs(self.inputs, self.outputs)
+
+    def entry(self, backend: str, precision: str = "fp32", engine_id: str = "candidate") -> EngineEntry:
+        """A manifest entry for an engine of this denoiser not (yet) in a bundle: what `load_engine` needs."""
+        inputs, outputs = self.io_specs()
+        return EngineEntry(engine_id, backend, precision, {"(not in a bundle)": ""}, inputs, outputs)
 
 
 class HalfIO(nn.Module):
@@ -114,9 +122,9 @@ class HalfIO(nn.Module):
         return self.inner(*cast).float()
 
 
-def io_json(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> dict:
+def io_specs(inputs: list[Port], outputs: list[Port]) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
     """An engine's declared inputs and outputs, as the manifest and the runtime's boundary checks read them."""
-    return {"inputs": {s.name: s.to_json() for s in inputs}, "outputs": {s.name: s.to_json() for s in outputs}}
+    return {p.name: p.spec for p in inputs}, {p.name: p.spec for p in outputs}
 
 
 def denoiser_from_spec(model: nn.Module, spec: dict, encoder=None) -> Denoiser:

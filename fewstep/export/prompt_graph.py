@@ -70,7 +70,7 @@ class PipelinePromptGraph(nn.Module):
 
 def export_prompt_graph(graph: PipelinePromptGraph, path) -> None:
     """ONNX graph: int64 token ids (B, L_k) per tokenizer -> text (B, L, D) [+ pooled (B, P)]."""
-    from fewstep.export.to_onnx import export_graph
+    from fewstep.export.targets.onnx import export_graph
 
     ids = graph.token_ids(["a", "b"])
     export_graph(graph, tuple(ids), Path(path), graph.input_names, graph.output_names, max_batch=1024)

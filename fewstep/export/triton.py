@@ -16,10 +16,12 @@ import filecmp
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from fewstep.core.manifest import TensorSpec
 
 # platform -> the file name Triton looks for in a version directory (default_model_filename)
 PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -63,9 +65,9 @@ def _check_name(what: str, name: str) -> str:
     return name
 
 
-def _tensor_block(name: str, spec: dict, batched: bool) -> list[str]:
+def _tensor_block(name: str, spec: TensorSpec, batched: bool) -> list[str]:
     """One `input`/`output` entry: dims without the batch axis when Triton batches."""
-    shape = list(spec["shape"])
+    shape = list(spec.shape)
     if not shape or shape[0] != "B" or "B" in shape[1:]:
         raise ValueError(f"tensor {name!r} has shape {shape}: the batch axis 'B' must come first and only once")
     rest = [int(d) for d in shape[1:]]
@@ -75,7 +77,7 @@ def _tensor_block(name: str, spec: dict, batched: bool) -> list[str]:
     lines = [
         "  {",
         f'    name: "{_check_name("tensor name", name)}"',
-        f"    data_type: {triton_dtype(spec.get('dtype', 'float32'))}",
+        f"    data_type: {triton_dtype(spec.dtype)}",
         f"    dims: [ {', '.join(str(d) for d in dims or [1])} ]",
     ]
     if not dims:
@@ -84,7 +86,7 @@ def _tensor_block(name: str, spec: dict, batched: bool) -> list[str]:
     return lines
 
 
-def _tensor_list(field: str, tensors: dict[str, dict], batched: bool) -> list[str]:
+def _tensor_list(field: str, tensors: Mapping[str, TensorSpec], batched: bool) -> list[str]:
     if not tensors:
         raise ValueError(f"a Triton model needs at least one {field}")
     blocks = [_tensor_block(name, spec, batched) for name, spec in tensors.items()]
@@ -113,15 +115,15 @@ def _batching(max_batch_size: int, preferred: Sequence[int], max_queue_delay_us:
 def config_pbtxt(
     model_name: str,
     platform: str,
-    inputs: dict[str, dict],
-    outputs: dict[str, dict],
+    inputs: Mapping[str, TensorSpec],
+    outputs: Mapping[str, TensorSpec],
     max_batch_size: int,
     preferred_batch_sizes: Sequence[int] = (),
     max_queue_delay_us: int = 0,
     instance_count: int = 1,
     kind: str = "KIND_AUTO",
 ) -> str:
-    """The `config.pbtxt` text for one model. `inputs`/`outputs`: {name: {"shape": ["B", ...], "dtype": ...}}."""
+    """The `config.pbtxt` text for one model. `inputs`/`outputs`: {name: TensorSpec with "B" first}."""
     if platform not in PLATFORMS:
         raise ValueError(f"platform must be one of {', '.join(PLATFORMS)}; got {platform!r}")
     if kind not in KINDS:
@@ -181,8 +183,8 @@ def write_triton_repository(
     model_name: str,
     engine_path: str | Path,
     platform: str,
-    inputs: dict[str, dict],
-    outputs: dict[str, dict],
+    inputs: Mapping[str, TensorSpec],
+    outputs: Mapping[str, TensorSpec],
     max_batch_size: int,
     preferred_batch_sizes: Sequence[int],
     max_queue_delay_us: int,

@@ -73,9 +73,12 @@ def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor]
     if meta_raw is None:
         raise CheckpointError(f"checkpoint {path} has no fewstep metadata: it was not written by fewstep")
     try:
-        return tensors, json.loads(meta_raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {e}") from None
+        meta = json.loads(meta_raw)
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: JSON nested beyond Python's stack
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {type(e).__name__}: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has metadata that is not an object; it was not written by fewstep")
+    return tensors, meta
 
 
 def _looks_like_pickle(path: Path) -> bool:

@@ -126,18 +126,18 @@ def load_engine(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
 
     entry = gen.engine_entry
     info = {
-        "backend": entry["backend"],
-        "precision": entry["precision"],
-        "params": gen.manifest.get("model", {}).get("params"),
-        "method": gen.manifest.get("model", {}).get("method") or "",
+        "backend": entry.backend,
+        "precision": entry.precision,
+        "params": gen.manifest.model.params,
+        "method": gen.manifest.model.method or "",
         "rule": sampler.get("rule", "euler"),
         "guidance_mode": guidance_mode(sampler),
         "guidance": w,
         "steps": steps,
         "nfe": nfe(sampler, steps, w),
-        "size_bytes": entry.get("size_bytes"),
-        "artifact": f"{bundle}:{entry['id']}",
-        "verified": entry.get("verified"),
+        "size_bytes": entry.size_bytes,
+        "artifact": f"{bundle}:{entry.id}",
+        "verified": entry.verified,
     }
     return Loaded(generate, info)
 

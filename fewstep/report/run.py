@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fewstep.core.fsio import atomic_write, atomic_write_text, remove_stale_temps, sha256_of
+from fewstep.core.manifest import Manifest, read_manifest
 from fewstep.report.measure import (
     Loaded,
     UnsupportedRequest,
@@ -32,7 +33,6 @@ from fewstep.report.quality_reference import QualityReference
 from fewstep.report.render import render_all
 from fewstep.report.sweep import SweepConfig, Unit, expand, measurement_key, sweep_to_dict
 from fewstep.runtime.bench import machine
-from fewstep.runtime.bundle import read_manifest
 from fewstep.runtime.engine import BackendUnavailable
 
 RESULTS_FORMAT = "fewstep-report/1"
@@ -44,7 +44,7 @@ class Bundles:
 
     def __init__(self, cfg: SweepConfig, log: Callable[[str], None]):
         self.cfg, self.log = cfg, log
-        self.manifests: dict[str, dict] = {}
+        self.manifests: dict[str, Manifest] = {}
         self.errors: dict[str, str] = {}
 
     def prepare(self) -> None:
@@ -72,15 +72,17 @@ class Bundles:
         BundleExport(str(self.cfg.resolve(model)), path, cfg, f"fewstep report (export of {model})", self.log).run()
 
     def engine_ids(self) -> dict[str, list[str]]:
-        return {p: [e["id"] for e in m.get("engines", [])] + [r["id"] for r in m.get("refused", [])]
-                for p, m in self.manifests.items()}  # fmt: skip
+        return {p: m.engine_ids + [r.id for r in m.refused] for p, m in self.manifests.items()}
 
 
 def artifact_sha(cfg: SweepConfig, unit: Unit, bundles: Bundles) -> str:
     if unit.system.kind == "engine":
-        m = bundles.manifests.get(str(cfg.resolve(unit.system.bundle, output=True)), {})
-        entry = next((e for e in m.get("engines", []) + m.get("refused", []) if e["id"] == unit.engine), {})
-        return json.dumps([entry.get("files"), entry.get("reason"), m.get("text_encoder", {}).get("sha256")])
+        m = bundles.manifests.get(str(cfg.resolve(unit.system.bundle, output=True)))
+        if m is None:
+            return json.dumps([None, None, None])
+        files = next((e.files for e in m.engines if e.id == unit.engine), None)
+        reason = next((r.reason for r in m.refused if r.id == unit.engine), None)
+        return json.dumps([files, reason, m.text_encoder.sha256])
     from fewstep.models.loading import resolve_checkpoint
 
     try:

@@ -4,8 +4,8 @@
 `bench.py` measures it and `server.py` (with `batcher.py`) serves it over HTTP (the serve extra).
 """
 
+from fewstep.core.manifest import BundleError, read_manifest
 from fewstep.core.noise import renoise_np, seeded_noise_np
-from fewstep.runtime.bundle import BundleError, read_manifest
 from fewstep.runtime.engine import BackendUnavailable, Engine, EngineInputError
 from fewstep.runtime.generator import Generator
 from fewstep.runtime.samplers import consistency_np, euler_np

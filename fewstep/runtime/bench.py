@@ -106,7 +106,7 @@ try:
         gen.generate(["a red circle on the left"], [i + 1])
         lat.append(time.perf_counter() - t0)
     lat.sort()
-    out = {"ok": True, "engine": gen.engine_entry["id"], "load_s": t_loaded - t_start,
+    out = {"ok": True, "engine": gen.engine_entry.id, "load_s": t_loaded - t_start,
            "first_image_s": t_first - t_start, "p50_ms": 1e3 * lat[len(lat) // 2] if lat else None}
 except BaseException as e:
     out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}

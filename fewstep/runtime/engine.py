@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from fewstep.core.errors import UserError
+from fewstep.core.manifest import TensorSpec
 
 
 class EngineInputError(ValueError):
@@ -19,17 +21,18 @@ class BackendUnavailable(UserError, RuntimeError):
 
 @runtime_checkable
 class Engine(Protocol):
-    """A loaded engine. `inputs`/`outputs`: {name: {"shape": [..., "B" for batch, ...], "dtype": "float32"}}."""
+    """A loaded engine. `inputs`/`outputs`: {name: TensorSpec (shape with "B" for the batch axis, dtype)}."""
 
     backend: str
-    inputs: dict[str, dict]
-    outputs: dict[str, dict]
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
     # engines with a batch limit (TensorRT profiles, fixed-shape CoreML) also set `max_batch: int` (rows per call)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, dict], fixed_batch: int | None = None) -> int:
+def check_inputs(inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec], fixed_batch: int | None = None,
+                 ) -> int:
     """Validate names, dtypes and shapes against `specs`; -> the batch size. Errors say expected vs got."""
     missing = sorted(set(specs) - set(inputs))
     extra = sorted(set(inputs) - set(specs))
@@ -42,9 +45,9 @@ def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, dict], fixed_ba
         a = inputs[name]
         if not isinstance(a, np.ndarray):
             raise EngineInputError(f"input {name!r} must be a numpy array; got {type(a).__name__}")
-        if a.dtype != np.dtype(spec["dtype"]):
-            raise EngineInputError(f"input {name!r} must be {spec['dtype']}; got {a.dtype}")
-        want = spec["shape"]
+        if a.dtype != np.dtype(spec.dtype):
+            raise EngineInputError(f"input {name!r} must be {spec.dtype}; got {a.dtype}")
+        want = spec.shape
         if a.ndim != len(want):
             raise EngineInputError(f"input {name!r} must have shape {_fmt(want)}; got {a.shape}")
         for d, (w, g) in enumerate(zip(want, a.shape, strict=True)):
@@ -61,5 +64,5 @@ def check_inputs(inputs: dict[str, np.ndarray], specs: dict[str, dict], fixed_ba
     return batch
 
 
-def _fmt(shape: list) -> str:
+def _fmt(shape: Sequence[int | str]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"

@@ -1,22 +1,23 @@
 """Which of a bundle's engines to serve: the one with the most images/s at the server's batch size, measured here.
 
-The documented priority (`generator.BACKEND_PRIORITY`) is a good guess for one image at a time, but the engine
-that is fastest at batch 1 is not always the one that batches best (on the 2-core Xeon of the README, ONNX
-Runtime int8 at batch 1, OpenVINO int8 at batch 8). `fewstep serve` therefore times every engine that loads
-here (the torch comparison engines only when no other engine runs) with `fewstep bench`'s own end-to-end
-measurement (`bench.bench_batches`) at its batch size, one engine at a time (an idle ONNX Runtime session
-spinning its threads would slow the one being timed), and serves the winner. The timing runs in a child process
-(`bench.run_probe`), so the engines it loads leave neither memory nor threads behind in the server.
+The documented priority (each backend's `priority`, `fewstep.runtime.registry`) is a good guess for one image
+at a time, but the engine that is fastest at batch 1 is not always the one that batches best (on the 2-core Xeon
+of the README, ONNX Runtime int8 at batch 1, OpenVINO int8 at batch 8). `fewstep serve` therefore times every
+engine that loads here (the torch comparison engines only when no other engine runs) with `fewstep bench`'s own
+end-to-end measurement (`bench.bench_batches`) at its batch size, one engine at a time (an idle ONNX Runtime
+session spinning its threads would slow the one being timed), and serves the winner. The timing runs in a child
+process (`bench.run_probe`), so the engines it loads leave neither memory nor threads behind in the server.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from fewstep.core.manifest import BundleError, EngineEntry, read_manifest
 from fewstep.runtime.bench import bench_batches, run_probe
-from fewstep.runtime.bundle import BundleError, read_manifest
 from fewstep.runtime.engine import BackendUnavailable
-from fewstep.runtime.generator import COMPARISON_BACKENDS, Generator, engine_order
+from fewstep.runtime.generator import Generator
+from fewstep.runtime.registry import engine_order, is_comparison
 
 
 def measure_engines(path: str | Path, batch: int, threads: int | None = None, decoder: str | None = None,
@@ -26,26 +27,27 @@ def measure_engines(path: str | Path, batch: int, threads: int | None = None, de
     reason instead."""
     if batch < 1 or runs < 1:
         raise ValueError(f"batch and runs must be >= 1; got {batch}, {runs}")
-    entries = engine_order(read_manifest(Path(path)).get("engines", []))
-    real = [e for e in entries if e["backend"] not in COMPARISON_BACKENDS]
+    entries = engine_order(read_manifest(Path(path)).engines)
+    real = [e for e in entries if not is_comparison(e.backend)]
     rows = [_measure(path, e, batch, threads, decoder, runs) for e in real]
-    for entry in [e for e in entries if e["backend"] in COMPARISON_BACKENDS]:
+    for entry in [e for e in entries if is_comparison(e.backend)]:
         if any("images_per_s" in r for r in rows):
-            rows.append({"engine": entry["id"], "skipped": "a comparison engine (torch eager), not timed for serving "
-                         f"while another engine runs here; pin it with --engine {entry['id']}"})  # fmt: skip
+            rows.append({"engine": entry.id, "skipped": "a comparison engine (torch eager), not timed for serving "
+                         f"while another engine runs here; pin it with --engine {entry.id}"})  # fmt: skip
         else:
             rows.append(_measure(path, entry, batch, threads, decoder, runs))
     return rows
 
 
-def _measure(path: str | Path, entry: dict, batch: int, threads: int | None, decoder: str | None, runs: int) -> dict:
+def _measure(path: str | Path, entry: EngineEntry, batch: int, threads: int | None, decoder: str | None,
+             runs: int) -> dict:  # fmt: skip
     try:
-        gen = Generator.from_bundle(path, engine=entry["id"], threads=threads, decoder=decoder)
+        gen = Generator.from_bundle(path, engine=entry.id, threads=threads, decoder=decoder)
     except BackendUnavailable as e:
-        return {"engine": entry["id"], "skipped": str(e)}
+        return {"engine": entry.id, "skipped": str(e)}
     row = bench_batches(gen, [batch], runs, warmup=1)[0]
     del gen  # one engine's threads at a time
-    return {"engine": entry["id"], "batch": batch, "ms_per_call": row["p50_ms"], "images_per_s": row["images_per_s"]}
+    return {"engine": entry.id, "batch": batch, "ms_per_call": row["p50_ms"], "images_per_s": row["images_per_s"]}
 
 
 def fastest_engine(rows: list[dict]) -> str:

@@ -8,47 +8,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fewstep.core.imaging import to_uint8
+from fewstep.core.manifest import BundleError, DecoderEntry, EngineEntry, Manifest, read_manifest, verify_file
 from fewstep.core.noise import renoise_np, seeded_noise_np
-from fewstep.core.sampling_rules import guidance_mode, resolve_guidance, schedule, validate_request
-from fewstep.runtime.backends import load_engine
-from fewstep.runtime.bundle import BundleError, read_manifest, verify_file
+from fewstep.core.sampling_rules import validate_request
 from fewstep.runtime.engine import BackendUnavailable, Engine
+from fewstep.runtime.registry import engine_order, load_engine
 from fewstep.runtime.samplers import consistency_np, euler_np
 from fewstep.runtime.text import RuntimeTextEncoder
-
-# the backend tried first when a bundle holds several engines (overridable with `backend=` / `engine=`)
-# ("torch" engines, the comparison point, come last: chosen only when pinned or when nothing else loads)
-BACKEND_PRIORITY = ("tensorrt", "torch-tensorrt", "coreml", "onnxruntime", "openvino", "torch")
-PRECISION_PRIORITY = ("int8", "fp16", "fp32")
-# engines to compare with, not to serve: `fewstep serve` times them only when no other engine runs here
-COMPARISON_BACKENDS = ("torch",)
-
-
-def engine_order(engines: list[dict]) -> list[dict]:
-    """Engines in the documented priority: backend first, then the faster precision (all passed their gates)."""
-
-    def rank(e: dict) -> tuple[int, int]:
-        b = BACKEND_PRIORITY.index(e["backend"]) if e["backend"] in BACKEND_PRIORITY else len(BACKEND_PRIORITY)
-        p = PRECISION_PRIORITY.index(e["precision"]) if e["precision"] in PRECISION_PRIORITY else 0
-        return b, p
-
-    return sorted(engines, key=rank)
 
 
 class Generator:
     """A denoiser engine + the bundle's prompt encoder + the manifest's sampler rule."""
 
-    def __init__(self, manifest: dict, denoiser: Engine, text: RuntimeTextEncoder, engine_entry: dict,
+    def __init__(self, manifest: Manifest, denoiser: Engine, text: RuntimeTextEncoder, engine_entry: EngineEntry,
                  decoder: Engine | None = None):  # fmt: skip
         self.manifest, self.denoiser, self.text, self.engine_entry = manifest, denoiser, text, engine_entry
         self.decoder = decoder  # latent models: the image decoder (VAE) engine; None in pixel space
-        img = manifest["image"]
-        self.shape = (img["channels"], img["height"], img["width"])
-        self.sampler = manifest["sampler"]
+        self.shape = manifest.image.shape
+        self.sampler = manifest.sampler
         self._null: dict[str, np.ndarray] | None = None
         # seconds per stage of the last generate call: text_encode, denoise_step_1..n, decode
         self.stage_times: dict[str, float] = {}
@@ -68,57 +50,48 @@ class Generator:
         **engine_options,
     ) -> Generator:
         """Load a bundle (sha256 of every file used is checked); `engine` = an engine id from the manifest,
-        `backend` = restrict to one backend; otherwise the first engine in BACKEND_PRIORITY that loads here.
+        `backend` = restrict to one backend; otherwise the first engine in the backends' priority order that loads
+        here (`fewstep.runtime.registry`).
         `decoder` = a latent bundle's image decoder, `vae` or `tiny` (default: the bundle's `default_decoder`).
         `engine_options` go to the backend (e.g. compute_units for CoreML, providers for ONNX Runtime)."""
         root = Path(path)
-        manifest = read_manifest(root)
-        try:
-            return cls._load(root, manifest, engine, backend, threads, decoder, engine_options)
-        except (KeyError, TypeError, AttributeError) as e:  # a field a tampered manifest lacks or mistypes
-            why = f"{type(e).__name__}: {e}"
-            raise BundleError(f"{root}/manifest.json is malformed ({why}); re-export the bundle") from None
+        return cls._load(root, read_manifest(root), engine, backend, threads, decoder, engine_options)
 
     @classmethod
-    def _load(cls, root: Path, manifest: dict, engine: str | None, backend: str | None, threads: int | None,
-              decoder: str | None, engine_options: dict) -> Generator:  # fmt: skip
-        candidates = engine_order(manifest.get("engines", []))
+    def _load(cls, root: Path, manifest: Manifest, engine: str | None, backend: str | None, threads: int | None,
+              decoder: str | None, engine_options: dict[str, Any]) -> Generator:  # fmt: skip
+        candidates = engine_order(manifest.engines)
         if engine is not None:
-            candidates = [e for e in candidates if e["id"] == engine]
+            candidates = [e for e in candidates if e.id == engine]
             if not candidates:
-                ids = ", ".join(e["id"] for e in manifest.get("engines", []))
+                ids = ", ".join(manifest.engine_ids)
                 raise BundleError(f"bundle {root} has no engine {engine!r}; it has: {ids or 'none'}")
         if backend is not None:
-            candidates = [e for e in candidates if e["backend"] == backend]
+            candidates = [e for e in candidates if e.backend == backend]
             if not candidates:
                 raise BundleError(f"bundle {root} has no {backend} engine; export one with --to")
         if not candidates:
             raise BundleError(f"bundle {root} holds no engine that passed its gates; see 'refused' in its manifest")
-        te = manifest["text_encoder"]
-        if "tokenizers" in te:  # a pipeline's prompt graph: one tokenizer per text encoder
-            tokenizers = [verify_file(root, t["file"], t["sha256"]) for t in te["tokenizers"]]
-        else:
-            tokenizers = verify_file(root, te["tokenizer"], te["tokenizer_sha256"])
-        text = RuntimeTextEncoder(verify_file(root, te["file"], te["sha256"]), tokenizers, te, threads)
+        text = RuntimeTextEncoder.from_bundle(root, manifest.text_encoder, threads)
         image_decoder = None
-        if "decoder" in manifest:
+        if manifest.decoders:
             d = pick_decoder(manifest, decoder, root)
-            image_decoder = load_engine("onnxruntime", verify_file(root, d["file"], d["sha256"]), d, threads=threads)
+            image_decoder = open_decoder(root, d, threads)
         elif decoder is not None:
             raise BundleError(f"bundle {root} works in pixel space: it has no image decoder to choose")
         reasons = []
         for entry in candidates:
-            paths = [verify_file(root, name, sha) for name, sha in entry["files"].items()]
+            paths = [verify_file(root, name, sha) for name, sha in entry.files.items()]
             try:
-                engine_obj = load_engine(entry["backend"], paths[0], entry, threads=threads, **engine_options)
+                engine_obj = load_engine(entry.backend, paths[0], entry, threads=threads, **engine_options)
                 return cls(manifest, engine_obj, text, entry, image_decoder)
             except BackendUnavailable as e:
-                reasons.append(f"{entry['id']}: {e}")
+                reasons.append(f"{entry.id}: {e}")
         raise BackendUnavailable("no engine of this bundle can run here: " + "; ".join(reasons))
 
     @property
     def guidance_mode(self) -> str:
-        return guidance_mode(self.sampler)
+        return self.sampler.guidance.mode
 
     def _null_cond(self, batch: int, negative: str | None = None) -> dict[str, np.ndarray]:
         """The unconditional branch of CFG: the empty prompt, or a negative prompt in its place."""
@@ -131,7 +104,7 @@ class Generator:
     def validate(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
                  negative_prompt: str | None = None) -> float:  # fmt: skip
         """Check a request before any work (prompt lengths included); -> the guidance scale to use."""
-        w = resolve_guidance(self.sampler, guidance)
+        w = self.sampler.resolve_guidance(guidance)
         validate_request(prompts, seeds, 1 if steps is None else steps, w)
         self.check_negative_prompt(negative_prompt)
         for p in [*prompts, *([negative_prompt] if negative_prompt else [])]:
@@ -160,7 +133,7 @@ class Generator:
         mode = self.guidance_mode
         if mode == "embedded":
             cond = {**cond, "guidance": np.full(len(seeds), guidance, np.float32)}
-        if self.sampler.get("rule") == "consistency":
+        if self.sampler.rule == "consistency":
             return consistency_np(self.velocity, noise, times, cond, lambda i: renoise_np(seeds, self.shape, i))
         if mode == "cfg" and guidance != 1.0:
             return euler_np(self.velocity, noise, times, cond, guidance, self._null_cond(len(seeds), negative))
@@ -192,7 +165,7 @@ class Generator:
             return batch_size
         rows = self.rows_per_image(guidance)
         if limit < rows:
-            raise ValueError(f"engine {self.engine_entry['id']} takes at most {limit} row(s) per call; CFG needs "
+            raise ValueError(f"engine {self.engine_entry.id} takes at most {limit} row(s) per call; CFG needs "
                              f"{rows}: use guidance 1 or re-export with a larger max_batch")  # fmt: skip
         return min(batch_size, limit // rows)
 
@@ -201,7 +174,7 @@ class Generator:
         here instead of at the first request that needs one); engines without shape preparation ignore it."""
         prepare = getattr(self.denoiser, "prepare", None)
         if prepare is not None:
-            w = resolve_guidance(self.sampler, guidance)
+            w = self.sampler.resolve_guidance(guidance)
             prepare(self.images_per_call(images, w) * self.rows_per_image(w))
 
     def rows_per_image(self, guidance: float) -> int:
@@ -220,7 +193,7 @@ class Generator:
         """-> float32 (N, C, H, W) in [-1, 1] before quantization to uint8 (what the parity gate compares);
         latent models' samples are decoded by the bundle's image decoder."""
         w = self.validate(prompts, seeds, steps, guidance, negative_prompt)
-        times = schedule(self.sampler, steps)
+        times = self.sampler.schedule(steps)
         self.stage_times = {}
         batch_size = self.images_per_call(batch_size, w)
         out = []
@@ -238,11 +211,18 @@ class Generator:
         return np.concatenate(out)
 
 
-def pick_decoder(manifest: dict, name: str | None, root: Path) -> dict:
-    """The manifest entry of a latent bundle's image decoder `name` (None: the bundle's default)."""
-    decoders = manifest.get("decoders") or {"vae": manifest["decoder"]}
-    name = name or manifest.get("default_decoder", "vae")
-    if name not in decoders:
+def pick_decoder(manifest: Manifest, name: str | None, root: Path) -> DecoderEntry:
+    """A latent bundle's image decoder `name` (None: the bundle's default)."""
+    name = name or manifest.default_decoder
+    if name not in manifest.decoders:
         hint = " (export with --tiny-decoder PATH to add one)" if name == "tiny" else ""
-        raise BundleError(f"bundle {root} has no {name!r} image decoder; it has: {', '.join(decoders)}{hint}")
-    return decoders[name]
+        raise BundleError(f"bundle {root} has no {name!r} image decoder; it has: {', '.join(manifest.decoders)}{hint}")
+    return manifest.decoders[name]
+
+
+def open_decoder(root: Path, d: DecoderEntry, threads: int | None = None) -> Engine:
+    """An image decoder's engine (its files checked against their sha256 first)."""
+    path = verify_file(root, d.file, d.sha256)
+    entry = EngineEntry(id=f"decoder:{d.file}", backend=d.backend, precision=d.precision, files={d.file: d.sha256},
+                        inputs=d.inputs, outputs=d.outputs)  # fmt: skip
+    return load_engine(d.backend, path, entry, threads=threads)

@@ -104,7 +104,7 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
         await batcher.drain(timeout=config.timeout_s)
 
     app = FastAPI(title="fewstep", version="1", lifespan=lifespan, max_body_size=MAX_BODY_BYTES,
-                  description=f"{gen.manifest['model']['name']} on {gen.engine_entry['id']}")  # fmt: skip
+                  description=f"{gen.manifest.model.name} on {gen.engine_entry.id}")  # fmt: skip
     app.state.batcher, app.state.metrics = batcher, metrics
 
     class GenerateRequest(BaseModel):
@@ -178,7 +178,7 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
         if req.response_format == "png" and req.n == 1:
             return Response(pngs[0], media_type="image/png", headers={"X-Seed": str(seeds[0])})
         return {"images": [base64.b64encode(p).decode() for p in pngs], "seeds": seeds,
-                "engine": gen.engine_entry["id"]}  # fmt: skip
+                "engine": gen.engine_entry.id}  # fmt: skip
 
     @app.post("/v1/images/generations")
     async def openai_images(req: OpenAIRequest, request: Request):
@@ -195,7 +195,7 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
     async def readyz():
         if not state["accepting"]:
             return JSONResponse({"status": "shutting down"}, status_code=503)
-        return {"status": "ready", "engine": gen.engine_entry["id"], "queue_depth": batcher.depth}
+        return {"status": "ready", "engine": gen.engine_entry.id, "queue_depth": batcher.depth}
 
     @app.get("/metrics")
     async def prometheus():
@@ -205,7 +205,7 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
     @app.get("/", response_class=HTMLResponse)
     async def page():
         text = resources.files("fewstep.runtime").joinpath("webui.html").read_text(encoding="utf-8")
-        name, engine = html.escape(gen.manifest["model"]["name"]), html.escape(gen.engine_entry["id"])
+        name, engine = html.escape(gen.manifest.model.name), html.escape(gen.engine_entry.id)
         return text.replace("{{MODEL}}", f"{name} &middot; {engine} &middot; guidance {gen.guidance_mode}")
 
     known = {"/v1/generate", "/v1/images/generations", "/healthz", "/readyz", "/metrics", "/"}

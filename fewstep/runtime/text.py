@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from fewstep.core.errors import MissingExtra, install_hint
+from fewstep.core.manifest import TextEncoderEntry, TokenizerEntry, verify_file
 
 
 class PromptTooLongError(ValueError):
@@ -16,28 +20,23 @@ class RuntimeTextEncoder:
     """`encode(prompts) -> {"text": (B, L, D), "text_mask": (B, L)[, "pooled": (B, P)][, "extra_ids": (B, 6)]}`, as the
     torch encoder. A pipeline's prompt graph (spec `tokenizers`) takes one padded id row per tokenizer."""
 
-    def __init__(self, onnx_path: Path, tokenizer_path: Path | list[Path], spec: dict, threads: int | None = None,
+    def __init__(self, onnx_path: Path, tokenizer_paths: list[Path], spec: TextEncoderEntry, threads: int | None = None,
                  cache_size: int = 4096):  # fmt: skip
         try:
-            import onnxruntime as ort
-            from tokenizers import Tokenizer
+            import onnxruntime as ort  # runtime extra
+            from tokenizers import Tokenizer  # runtime extra
         except ImportError as e:
-            raise ImportError("prompt encoding needs `pip install 'fewstep[runtime]'` (onnxruntime, tokenizers)") from e
+            raise MissingExtra(f"prompt encoding needs onnxruntime and tokenizers: {install_hint('runtime')}") from e
         self.spec = spec
-        self.max_tokens = int(spec["max_tokens"])
-        # SD-family CLIP runs over all positions, as it was trained
-        self.unmasked = spec.get("kind") in ("clip", "diffusers-pipeline")
-        entries = spec.get("tokenizers")
-        if entries is None:  # one tokenizer; the exporter records the HF tokenizer's pad id
-            entries = [{"input": "input_ids", "max_tokens": self.max_tokens, "pad_id": int(spec.get("pad_id", 0))}]
-            tokenizer_path = [tokenizer_path]
-        self.tokenizers = []
-        for path, entry in zip(tokenizer_path, entries, strict=True):
+        self.max_tokens = spec.max_tokens
+        self.unmasked = spec.reads_every_position
+        self.tokenizers: list[tuple[Any, TokenizerEntry]] = []
+        for path, entry in zip(tokenizer_paths, spec.tokenizers, strict=True):
             tok = Tokenizer.from_file(str(path))
             tok.no_truncation()
             tok.no_padding()
             self.tokenizers.append((tok, entry))
-        self.tokenizer, self.pad_id = self.tokenizers[0][0], int(entries[0]["pad_id"])
+        self.tokenizer, self.pad_id = self.tokenizers[0][0], spec.tokenizers[0].pad_id
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -47,6 +46,12 @@ class RuntimeTextEncoder:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @classmethod
+    def from_bundle(cls, root: Path, spec: TextEncoderEntry, threads: int | None = None) -> RuntimeTextEncoder:
+        """The bundle's prompt encoder, every file checked against its sha256 first."""
+        tokenizers = [verify_file(root, t.file, t.sha256) for t in spec.tokenizers]
+        return cls(verify_file(root, spec.file, spec.sha256), tokenizers, spec, threads)
 
     def check(self, prompt: str) -> None:
         """Raise (TypeError / PromptTooLongError) for a prompt the model cannot take."""
@@ -58,7 +63,7 @@ class RuntimeTextEncoder:
             raise TypeError(f"prompts must be strings; got {type(prompt).__name__}")
         tok, entry = self.tokenizers[which]
         ids = tok.encode(prompt).ids
-        limit = int(entry["max_tokens"])
+        limit = entry.max_tokens
         if len(ids) > limit:
             raise PromptTooLongError(
                 f"prompt has {len(ids)} tokens but the model takes at most {limit} "
@@ -69,14 +74,14 @@ class RuntimeTextEncoder:
     def _encode_uncached(self, prompts: list[str]) -> list[dict[str, np.ndarray]]:
         feeds = {}
         for k, (_, entry) in enumerate(self.tokenizers):
-            n = int(entry["max_tokens"])
-            ids = np.full((len(prompts), n), int(entry["pad_id"]), dtype=np.int64)
+            n = entry.max_tokens
+            ids = np.full((len(prompts), n), entry.pad_id, dtype=np.int64)
             mask = np.zeros((len(prompts), n), dtype=np.int64)
             for i, p in enumerate(prompts):
                 row = self._ids(p, k)
                 ids[i, : len(row)] = row
                 mask[i, : len(row)] = 1
-            feeds[entry["input"]] = ids
+            feeds[entry.input] = ids
             if k == 0:
                 feeds["attention_mask"] = mask
         names = {i.name for i in self.session.get_inputs()}
@@ -88,16 +93,16 @@ class RuntimeTextEncoder:
             pooled = outs[self.output_names.index("pooled")].astype(np.float32)
             for i, row in enumerate(rows):
                 row["pooled"] = pooled[i]
-        if "extra_ids" in self.spec:  # SDXL: the same size/crop ids for every prompt
+        if self.spec.extra_ids is not None:  # SDXL: the same size/crop ids for every prompt
             for row in rows:
-                row["extra_ids"] = np.asarray(self.spec["extra_ids"], np.float32)
+                row["extra_ids"] = np.asarray(self.spec.extra_ids, np.float32)
         return rows
 
     def null(self) -> dict[str, np.ndarray]:
         """The unconditional branch of CFG for one image: the empty prompt, or zeros where the pipeline forces them
         (SDXL's force_zeros_for_empty_prompt; the mask and size/crop ids stay)."""
         cond = self.encode([""])
-        if self.spec.get("null_is_zeros"):
+        if self.spec.null_is_zeros:
             cond = {k: v if k in ("text_mask", "extra_ids") else np.zeros_like(v) for k, v in cond.items()}
         return cond
 

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import torch
 
+from fewstep.compress.distill_config import DistillConfig, ImageInput, Regression, TeacherGuidance
+from fewstep.compress.distill_session import DistillSession, baked
 from fewstep.compress.distributed import StepRandom
+from fewstep.compress.method_registry import Method, register_method
 from fewstep.compress.methods.common import FrozenCopy, cfg_velocity, x0_prediction
 from fewstep.compress.methods.distance import get_distance
+from fewstep.core.config import ConfigError, param
 from fewstep.core.flow_math import bcast, interpolate
 from fewstep.models.contract import Cond
+from fewstep.models.samplers import consistency_timesteps
 
 
 @dataclass
@@ -82,3 +89,40 @@ class ConsistencyLoss:
             target = x0_prediction(self.target, x_n, t_n, cond)  # f(x, 0) = x where t_n = 0
         loss = self.d(x0_prediction(model, x_nk, t_nk, cond), target)
         return loss, {"loss": loss.item()}
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig(ImageInput, TeacherGuidance, Regression, DistillConfig):
+    """LCM-style consistency distillation on a grid of `grid` teacher steps; the student samples `student_steps`
+    times on that grid with re-noising."""
+
+    grid: int = param(50, "N: teacher steps over [0, 1]", min=2)
+    skip: int = param(5, "k: grid steps per teacher ODE step", min=1)
+    target_decay: float = param(0.95, "EMA decay of the target network (LCM: 0.95)", min=0, max=1)
+    teacher_solver: Literal["euler", "heun"] = param("euler", "the teacher's ODE step")
+
+    def check(self) -> None:
+        super().check()
+        if self.skip >= self.grid:
+            raise ConfigError(f"need skip < grid; got skip {self.skip}, grid {self.grid}", "skip")
+
+
+def run(s: DistillSession, cfg: ConsistencyConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = s.new_student()
+    times = consistency_timesteps(cfg.student_steps, cfg.grid).tolist()
+
+    def spec(step: int) -> dict:
+        return s.spec(step, "consistency", times, baked(cfg.guidance),
+                      {"init": report, "train_times": f"grid {cfg.grid}", "sampler": {"grid": cfg.grid}})  # fmt: skip
+
+    loss = ConsistencyLoss(s.teacher, s.null, cfg.guidance, cfg.grid, cfg.skip, cfg.target_decay, cfg.teacher_solver,
+                           cfg.distance)  # fmt: skip
+    loss.init_target(student)
+    s.run_loop(student, loss, s.data_batch, cfg.loop(), out, spec, resume, progress)
+    return out / "model.safetensors"
+
+
+METHOD = register_method(Method(
+    "consistency", ConsistencyConfig, run, "LCM-style consistency distillation; multistep sampling with re-noising",
+    paper="Song et al. 2023, Consistency models; Luo et al. 2023, Latent consistency models", order=50,
+))  # fmt: skip

@@ -19,18 +19,24 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fewstep.compress import distributed as ddp
+from fewstep.compress.distill_config import DistillConfig, ImageInput, Regression, TeacherGuidance
+from fewstep.compress.distill_session import DistillSession, baked, euler_times
 from fewstep.compress.distributed import StepRandom
+from fewstep.compress.method_registry import Method, register_method
 from fewstep.compress.methods.common import FrozenCopy, cfg_velocity
 from fewstep.compress.methods.distance import get_distance
 from fewstep.compress.trainer import load_optimizer_tensors, optimizer_tensors
+from fewstep.core.config import ConfigError, param
 from fewstep.core.flow_math import bcast, interpolate, x0_from_velocity
 from fewstep.models.contract import Cond
+from fewstep.models.samplers import consistency_timesteps
 
 
 class MidFeatureHead(nn.Module):
@@ -195,3 +201,56 @@ class DMDLoss:
         if len(self.times) > 1:
             logs["gen_step"] = float(i)
         return loss, logs
+
+
+@dataclass(frozen=True)
+class DMDConfig(ImageInput, TeacherGuidance, Regression, DistillConfig):
+    """DMD with regression on pairs, or DMD2 (`reg_weight 0`, `fake_updates 5`, optionally `adv_weight`):
+    then no pairs are needed and conditions come from the dataset. `student_steps` > 1 trains DMD2's multi-step
+    generator on the consistency grid (`grid`) by backward simulation."""
+
+    pairs: str | None = param(None, "trajectory-pair cache for the regression loss (`fewstep pairs`); not needed "
+                              "with reg_weight 0", path="dir")  # fmt: skip
+    reg_weight: float = param(0.25, "weight of the regression loss on pairs (0 = DMD2)", min=0)
+    fake_updates: int = param(1, "fake-score updates per generator update (DMD2: 5)", min=1)
+    fake_lr: float = param(1e-4, "the fake score's learning rate", above=0, max=1)
+    adv_weight: float = param(0.0, "weight of the adversarial term (0 = off)", min=0)
+    grid: int = param(50, "multi-step generators: the consistency grid their sampling times are snapped to", min=2)
+
+    def check_ready(self) -> None:
+        if not self.pairs and self.reg_weight > 0:
+            raise ConfigError("dmd's regression loss learns from trajectory pairs: pass --pairs DIR (made by "
+                              "`fewstep pairs`), or --reg-weight 0 for DMD2 without pairs", "pairs")  # fmt: skip
+        super().check_ready()
+
+
+def run(s: DistillSession, cfg: DMDConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = s.new_student()
+    if cfg.pairs:
+        batch_fn = s.pair_batch
+    else:  # DMD2 without regression: conditions come from the dataset, the pair slots stay empty
+
+        def batch_fn(step: int):  # type: ignore[no-untyped-def]
+            x0, cond = s.data_batch(step)
+            return torch.randn(x0.shape, generator=torch.Generator().manual_seed(cfg.seed * 7919 + step)), x0, cond
+
+    # k > 1: DMD2's multi-step generator, sampled with re-noising on the consistency grid
+    multi = cfg.student_steps > 1
+    gen_times = consistency_timesteps(cfg.student_steps, cfg.grid).tolist() if multi else [1.0]
+    rule, times, sampler = ("consistency", gen_times, {"grid": cfg.grid}) if multi else ("euler", euler_times(1), {})
+
+    def spec(step: int) -> dict:
+        extra = {"init": report, "train_times": gen_times, "sampler": sampler}
+        return s.spec(step, rule, times, baked(cfg.guidance), extra)
+
+    loss = DMDLoss(s.teacher, s.null, cfg.guidance, cfg.reg_weight, cfg.fake_updates, cfg.fake_lr, cfg.adv_weight,
+                   cfg.distance, times=tuple(gen_times))  # fmt: skip
+    s.run_loop(student, loss, batch_fn, cfg.loop(), out, spec, resume, progress)
+    return out / "model.safetensors"
+
+
+METHOD = register_method(Method(
+    "dmd", DMDConfig, run, "distribution matching with a fake score (+ regression on pairs; DMD2: --reg-weight 0 "
+    "--fake-updates 5 [--adv-weight 0.1]; --student-steps 4: DMD2's multi-step generator)",
+    paper="Yin et al. 2024, One-step diffusion with distribution matching distillation; DMD2", order=70,
+))  # fmt: skip

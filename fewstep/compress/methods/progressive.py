@@ -13,11 +13,17 @@ guidance --then-progressive`), so the few-step student keeps a guidance scale ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from fewstep.compress.distill_config import DistillConfig, ImageInput, TeacherGuidance
+from fewstep.compress.distill_session import DistillSession, baked, euler_times
 from fewstep.compress.distributed import StepRandom
+from fewstep.compress.method_registry import Method, register_method
 from fewstep.compress.methods.common import FrozenCopy, cfg_velocity
+from fewstep.core.config import ConfigError, param
 from fewstep.core.flow_math import interpolate
 from fewstep.models.contract import Cond
 
@@ -59,3 +65,68 @@ class ProgressiveLoss:
             target = (v1 + v2) / 2  # = (x_t - x_{t-2D}) / (2D) for two Euler steps
         loss = (model(x_t, t, cond) - target).pow(2).mean()
         return loss, {"loss": loss.item()}
+
+
+def check_halving(start_steps: int, student_steps: int) -> None:
+    """Rounds halve `start_steps` down to `student_steps`: both must be powers of two apart."""
+    n = start_steps
+    while n > student_steps:
+        n //= 2
+    if n != student_steps or start_steps <= student_steps:
+        raise ConfigError(f"progressive halves start_steps ({start_steps}) down to student_steps ({student_steps}): "
+                          "use powers of two, e.g. 32 -> 2", "start_steps")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ProgressiveConfig(ImageInput, TeacherGuidance, DistillConfig):
+    """Rounds of halving from `start_steps` down to `student_steps`, `steps` optimizer steps each."""
+
+    start_steps: int = param(32, "the first round's teacher steps; rounds halve down to student_steps", min=2)
+
+    def check(self) -> None:
+        super().check()
+        check_halving(self.start_steps, self.student_steps)
+
+    @property
+    def multi_stage(self) -> bool:
+        return True
+
+
+def progressive_rounds(s: DistillSession, cfg: ProgressiveConfig | Any, out: Path, resume: bool, progress: bool,
+                       teacher: torch.nn.Module, teacher_path: Path, guidance: float, null: Cond | None, init: str,
+                       mode: dict, w_range: tuple[float, float] | None) -> Path:  # fmt: skip
+    """Halve start_steps down to student_steps, each round's student the next round's teacher.
+
+    `guidance`/`null`: CFG of the first teacher (baked into the first student); `w_range`: a w-conditioned
+    teacher and student (guidance mode `embedded`, `mode` then names its range)."""
+    n, r = cfg.start_steps, 1
+    source, source_path = teacher, teacher_path
+    stage = {"stage": 2} if w_range is not None else {}
+    while n > cfg.student_steps:
+        half = n // 2
+        where = out / f"round{r}_{n}to{half}"
+        student, report = s.new_student(init, source, source_path)
+        times = euler_times(half)
+
+        def spec(step: int, times: list[float] = times, report: dict = report, n: int = n, r: int = r) -> dict:
+            extra = {"init": report, **stage, "round": r, "teacher_steps": n, "train_times": times[:-1]}
+            return s.spec(step, "euler", times, mode, extra)
+
+        loss = ProgressiveLoss(teacher, null, n, guidance, w_range)
+        last = s.run_loop(student, loss, s.data_batch, cfg.loop(), where, spec, resume, progress)
+        # the student is the next teacher; CFG is baked in after the first round
+        teacher, guidance, null, source, init = last, 1.0, None, last, "teacher"
+        source_path = where / "model.safetensors"
+        n, r = half, r + 1
+    return where / "model.safetensors"
+
+
+def run(s: DistillSession, cfg: ProgressiveConfig, out: Path, resume: bool, progress: bool) -> Path:
+    return progressive_rounds(s, cfg, out, resume, progress, s.teacher, s.teacher_path, cfg.guidance, s.null,
+                              s.init, baked(cfg.guidance), None)  # fmt: skip
+
+
+METHOD = register_method(Method(
+    "progressive", ProgressiveConfig, run, "repeated halving of steps, each round's student the next teacher",
+    paper="Salimans & Ho 2022, Progressive distillation", order=60,
+))  # fmt: skip

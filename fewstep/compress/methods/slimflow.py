@@ -16,16 +16,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
+from fewstep.compress.distill_config import DistillConfig, PairInput, Regression, TimeSampling
+from fewstep.compress.distill_session import DistillSession, baked, euler_times
 from fewstep.compress.distributed import StepRandom
 from fewstep.compress.flow_matching import sample_t
+from fewstep.compress.method_registry import Method, register_method
 from fewstep.compress.methods.common import FrozenCopy, step_grid, x0_prediction
 from fewstep.compress.methods.distance import get_distance
+from fewstep.core.config import ConfigError, param
 from fewstep.core.flow_math import bcast, interpolate, x0_from_velocity
 
-SCHEDULES = ("linear", "exponential", "cosine")
+Schedule = Literal["linear", "exponential", "cosine"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def beta_schedule(k: int, total: int, kind: str = "linear") -> float:
@@ -114,4 +121,59 @@ class FlowGuidedLoss:
         return loss, {"loss": loss.item(), "distill": l_distill.item(), "guide": l_guide.item()}
 
 
-__all__ = ["SCHEDULES", "AnnealingReflowLoss", "FlowGuidedLoss", "beta_schedule", "sample_t"]
+@dataclass(frozen=True)
+class SlimFlowConfig(PairInput, Regression, TimeSampling, DistillConfig):
+    """Stage 1 (annealing reflow, `steps` steps) into a small student trained from scratch, then stage 2
+    (flow-guided distillation, `stage2_steps`); `student_steps` > 1 is fewstep's few-step form of stage 2."""
+
+    anneal_steps: int = param(1000, "K of beta(k): the fresh noise's weight reaches 0 at step K (linear)", min=0)
+    anneal_schedule: Schedule = param("linear", "shape of beta(k) over stage 1")
+    stage2_steps: int = param(1000, "flow-guided distillation steps (stage 2)", min=1)
+    tau_min: float = param(0.2, "lowest tau at which the frozen stage-1 model finishes the student's path", above=0)
+    tau_max: float = param(0.8, "highest such tau (< 1)", max=0.999999)
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 < self.tau_min <= self.tau_max < 1.0:  # checked here, not after a long stage 1
+            raise ConfigError(f"need 0 < tau_min <= tau_max < 1; got tau_min {self.tau_min}, tau_max {self.tau_max}",
+                              "tau_min")  # fmt: skip
+
+    def auto_init(self, same_architecture: bool) -> str:
+        return "scratch" if self.init == "auto" else self.init  # SlimFlow trains its small student from scratch
+
+    @property
+    def multi_stage(self) -> bool:
+        return True
+
+
+def run(s: DistillSession, cfg: SlimFlowConfig, out: Path, resume: bool, progress: bool) -> Path:
+    student, report = s.new_student()
+    scale = s.pairs_scale()
+    times = euler_times(cfg.student_steps)
+
+    def spec1(step: int) -> dict:
+        extra = {"init": report, "stage": 1, "anneal_steps": cfg.anneal_steps, "train_times": "continuous"}
+        return s.spec(step, "euler", times, baked(scale), extra)
+
+    s1 = out / "stage1"
+    loss1 = AnnealingReflowLoss(cfg.anneal_steps, cfg.anneal_schedule, cfg.t_sampling)
+    guide = s.run_loop(student, loss1, s.pair_batch, cfg.loop(), s1, spec1, resume, progress)
+    # stage 2 starts from the stage-1 student (a LoRA student: new adapters on the fused stage-1 network)
+    student2, report2 = s.new_student("teacher", guide, s1 / "model.safetensors")
+    report2["init"] = f"stage 1 ({report['init']})"
+
+    def spec2(step: int) -> dict:
+        return s.spec(step, "euler", times, baked(scale), {"init": report2, "stage": 2, "train_times": times[:-1]})
+
+    # student_steps > 1: stage 2 distils for that many Euler steps (fewstep's few-step form of the loss)
+    loss2 = FlowGuidedLoss(guide, cfg.distance, (cfg.tau_min, cfg.tau_max), k=cfg.student_steps)
+    s2 = out / "stage2"
+    s.run_loop(student2, loss2, s.pair_batch, cfg.loop(steps=cfg.stage2_steps), s2, spec2, resume, progress)
+    return s2 / "model.safetensors"
+
+
+METHOD = register_method(Method(
+    "slimflow", SlimFlowConfig, run, "annealing reflow into a small student, then flow-guided distillation "
+    "(needs --pairs; 1 step, or --student-steps k: fewstep's k-step form of stage 2)",
+    paper="Zhu, Liu & Liu, ECCV 2024, SlimFlow", order=20,
+))  # fmt: skip

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewstep.export.to_onnx import export_graph
+from fewstep.export.targets.onnx import export_graph
 from fewstep.models.contract import Cond
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}

@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from fewstep.runtime.backends.torch_eager import TorchModuleEngine, _torch
+from fewstep.backends.torch_eager import TorchModuleEngine, _torch
+from fewstep.core.manifest import EngineEntry
 from fewstep.runtime.engine import BackendUnavailable
+from fewstep.runtime.registry import Backend, register_backend
 
 
 def unavailable_reason() -> str | None:
@@ -36,7 +38,7 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def open_engine(path: Path, entry: dict, threads: int | None = None, device: int = 0) -> TorchModuleEngine:
+def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, device: int = 0) -> TorchModuleEngine:
     """`threads` is accepted and unused: the Generator passes its CPU thread count to every backend."""
     path = Path(path)
     if path.suffix != ".ts":
@@ -48,10 +50,17 @@ def open_engine(path: Path, entry: dict, threads: int | None = None, device: int
     torch = _torch()
     module = torch.jit.load(str(path), map_location=f"cuda:{device}").eval()
     # float32 inputs and outputs whatever the precision (the exporter's io_dtype; fp16 casts inside)
-    engine = TorchModuleEngine(module, entry["inputs"], entry["outputs"], f"cuda:{device}")
+    engine = TorchModuleEngine(module, entry.inputs, entry.outputs, f"cuda:{device}")
     engine.backend = "torch-tensorrt"
     # the embedded TensorRT engines take batches up to their profile's max: the Generator splits larger requests
-    profile = (entry.get("info") or {}).get("profile") or {}
+    profile = entry.info.get("profile") or {}
     if profile.get("max"):
         engine.max_batch = int(profile["max"])
     return engine
+
+
+BACKEND = register_backend(Backend(
+    name="torch-tensorrt", target="torch-tensorrt", open_engine=open_engine, unavailable_reason=unavailable_reason,
+    priority=20, precisions=("fp32", "fp16"), exporter="fewstep.export.targets.torch_tensorrt:export",
+    build_where_run=True, description="fp32, fp16; NVIDIA GPU only",
+))  # fmt: skip

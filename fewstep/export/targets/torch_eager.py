@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.export.registry import Artifact, ExportContext
+from fewstep.export.context import Artifact, ExportContext
 
-PRECISIONS = ("fp32", "fp16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def export(ctx: ExportContext, precision: str) -> Artifact:
-    if precision not in PRECISIONS:
-        raise ValueError(f"torch export writes {', '.join(PRECISIONS)}; got {precision!r}")
     if not ctx.spec:
         raise ValueError("torch export needs the model's spec (ExportContext.spec) to rebuild the network")
     from fewstep.models.loading import save_model
@@ -30,7 +27,3 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
     info = {"format": "fewstep checkpoint (safetensors)", "torch": torch.__version__, "kind": spec["kind"],
             "compute_dtype": str(DTYPES[precision]).removeprefix("torch.")}  # fmt: skip
     return Artifact(path, "torch", precision, info)
-
-
-def can_run() -> str | None:
-    return None  # the exporter itself runs torch: its engines run wherever it does

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.runtime.engine import BackendUnavailable, check_inputs
+from fewstep.runtime.registry import Backend, register_backend
 
 
 def _torch():
     try:
         return importlib.import_module("torch")
     except ImportError as e:
-        raise BackendUnavailable("torch engines need torch: install fewstep with its training extras") from e
+        raise BackendUnavailable("torch engines need torch: pip install 'fewstep[train]'") from e
 
 
 class TorchModuleEngine:
@@ -28,7 +30,7 @@ class TorchModuleEngine:
 
     backend = "torch"
 
-    def __init__(self, module, inputs: dict[str, dict], outputs: dict[str, dict], device: str):
+    def __init__(self, module, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], device: str):
         self.torch = _torch()
         self.module, self.inputs, self.outputs = module, inputs, outputs
         self.device = self.torch.device(device)
@@ -40,19 +42,29 @@ class TorchModuleEngine:
         args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.inputs]
         with torch.inference_mode():
             v = self.module(*args)
-        return {self._out_name: v.float().cpu().numpy().astype(self.outputs[self._out_name]["dtype"], copy=False)}
+        return {self._out_name: v.float().cpu().numpy().astype(self.outputs[self._out_name].dtype, copy=False)}
 
 
 def default_device(torch) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def open_engine(path: Path, entry: dict, threads: int | None = None, device: str | None = None) -> TorchModuleEngine:
+def unavailable_reason() -> str | None:
+    for module in ("torch", "diffusers"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"torch engines need {module}: pip install 'fewstep[train]'"
+    return None
+
+
+def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, device: str | None = None,
+                ) -> TorchModuleEngine:  # fmt: skip
     """`threads` sets torch's CPU threads for the whole process (torch has one pool); `device` defaults to CUDA
     when torch sees a GPU. fp16 engines compute in float16 behind float32 inputs and outputs (on CPU slower than
     fp32, so the export speed gate refuses them there)."""
     torch = _torch()
-    try:
+    try:  # train extra: torch, diffusers (the network is rebuilt from its spec)
         from fewstep.export.denoiser import Denoiser, HalfIO
         from fewstep.models.checkpoint import CheckpointError
         from fewstep.models.loading import load_model
@@ -64,13 +76,21 @@ def open_engine(path: Path, entry: dict, threads: int | None = None, device: str
         raise BackendUnavailable(f"cannot load the torch engine {Path(path).name}: {e}") from e
     if threads:
         torch.set_num_threads(int(threads))
-    ins = entry["inputs"]
-    optional = {n: int(ins[n]["shape"][1]) if n in ins else None for n in ("pooled", "extra_ids")}
-    text = ins["text"]["shape"]
+    ins = entry.inputs
+    optional = {n: int(ins[n].shape[1]) if n in ins else None for n in ("pooled", "extra_ids")}
+    text = ins["text"].shape
     denoiser = Denoiser(model, spec["image"], int(text[1]), int(text[2]), optional["pooled"], optional["extra_ids"])
     if list(ins) != denoiser.input_names:
         raise BackendUnavailable(f"{path} rebuilds a network with inputs {denoiser.input_names}; the bundle says "
                                  f"{list(ins)}: re-export the bundle")  # fmt: skip
     device = device or default_device(torch)
-    module = HalfIO(denoiser) if entry.get("precision") == "fp16" else denoiser
-    return TorchModuleEngine(module.to(device).eval(), ins, entry["outputs"], device)
+    module = HalfIO(denoiser) if entry.precision == "fp16" else denoiser
+    return TorchModuleEngine(module.to(device).eval(), ins, entry.outputs, device)
+
+
+BACKEND = register_backend(Backend(
+    name="torch", target="torch", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=90,
+    precisions=("fp32", "fp16"), exporter="fewstep.export.targets.torch_eager:export", comparison=True,
+    description="fp32, fp16: the network itself (safetensors), run in torch eager by the runtime's torch backend: "
+    "the comparison point (fewstep bench BUNDLE --engine torch-fp32), never picked over a real engine",
+))  # fmt: skip

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.runtime.engine import BackendUnavailable, check_inputs
+from fewstep.runtime.registry import Backend, register_backend
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
@@ -38,7 +40,7 @@ def unavailable_reason() -> str | None:
 class CoreMLEngine:
     """A loaded `.mlpackage` with fixed shapes: `run({name: array})` -> `{"v": array}`.
 
-    `inputs`/`outputs`: {name: {"shape": [..., "B", ...], "dtype": "float32"}} as the bundle records them;
+    `inputs`/`outputs`: {name: TensorSpec} as the bundle records them;
     `fixed_batch` is the batch the package was converted for (CoreML shapes are fixed, so "B" must equal it);
     None reads it from the package (the exporter's "fewstep.fixed_batch" metadata, else the first input's shape).
     """
@@ -48,8 +50,8 @@ class CoreMLEngine:
     def __init__(
         self,
         path: str | Path,
-        inputs: dict[str, dict],
-        outputs: dict[str, dict],
+        inputs: dict[str, TensorSpec],
+        outputs: dict[str, TensorSpec],
         fixed_batch: int | None = None,
         compute_units: str = "ALL",
     ):
@@ -61,7 +63,7 @@ class CoreMLEngine:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no CoreML package at {path}")
-        import coremltools as ct
+        import coremltools as ct  # export extra
 
         self.path = path
         self.inputs = dict(inputs)
@@ -79,17 +81,18 @@ class CoreMLEngine:
         missing = sorted(set(self.outputs) - set(result))
         if missing:
             raise RuntimeError(f"CoreML model {self.path} returned {sorted(result)}; expected outputs {missing}")
-        return {name: np.asarray(result[name], dtype=spec["dtype"]) for name, spec in self.outputs.items()}
+        return {name: np.asarray(result[name], dtype=spec.dtype) for name, spec in self.outputs.items()}
 
     def __repr__(self) -> str:
         return f"CoreMLEngine({str(self.path)!r}, fixed_batch={self.fixed_batch}, compute_units={self.compute_units!r})"
 
 
-def open_engine(path: Path, entry: dict, threads: int | None = None, compute_units: str = "ALL") -> CoreMLEngine:
+def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, compute_units: str = "ALL",
+                ) -> CoreMLEngine:  # fmt: skip
     """The `load_engine` entry point. `threads` is accepted for a uniform call and ignored: CoreML schedules
     its own CPU threads (and the GPU / Neural Engine per `compute_units`)."""
-    batch = entry.get("info", {}).get("fixed_batch")
-    return CoreMLEngine(path, entry["inputs"], entry["outputs"], fixed_batch=batch, compute_units=compute_units)
+    batch = entry.info.get("fixed_batch")
+    return CoreMLEngine(path, entry.inputs, entry.outputs, fixed_batch=batch, compute_units=compute_units)
 
 
 def _package_batch(model: Any) -> int:
@@ -100,3 +103,10 @@ def _package_batch(model: Any) -> int:
     if not first:
         raise ValueError("cannot tell this CoreML package's batch: pass fixed_batch (the bundle's info.fixed_batch)")
     return int(first[0])
+
+
+BACKEND = register_backend(Backend(
+    name="coreml", target="coreml", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=30,
+    precisions=("fp32", "fp16", "int8w", "palette4"), exporter="fewstep.export.targets.coreml:export",
+    description="fp32, fp16, int8w (8-bit weights), palette4 (4-bit palettized weights); prediction only on macOS",
+))  # fmt: skip

@@ -28,11 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from fewstep.export.registry import Artifact, ExportContext
-from fewstep.runtime.backends.coreml import unavailable_reason
+from fewstep.export.context import Artifact, ExportContext
 
-PRECISIONS = ("fp32", "fp16", "int8w", "palette4")
-SUPPORTED = PRECISIONS
 DEFAULT_TARGET = "macOS13"
 DEFAULT_WEIGHT_THRESHOLD = 2048
 WEIGHTS = {"fp32": "fp32", "fp16": "fp16", "int8w": "int8", "palette4": "palettized 4-bit"}
@@ -42,11 +39,6 @@ _DEBUG_MAPPING = "executorch_debug_handle_mapping.json"
 # palette4 in turn, and converting a real UNet takes minutes. Dropped with its context (the converted package lives
 # in a temporary directory until then); parameters edited or trained in place since then force a new conversion.
 _last: dict = {}
-
-
-def can_run() -> str | None:
-    """None when CoreML packages can be run here (macOS with coremltools), else the reason."""
-    return unavailable_reason()
 
 
 def fixed_batch(options: dict) -> int:
@@ -61,8 +53,8 @@ def fixed_batch(options: dict) -> int:
 
 def export(ctx: ExportContext, precision: str) -> Artifact:
     """Convert `ctx.denoiser` and write `ctx.out_dir / denoiser.{precision}.mlpackage`."""
-    if precision not in SUPPORTED:
-        raise ValueError(f"CoreML precision must be one of {', '.join(SUPPORTED)}; got {precision!r}")
+    if precision not in WEIGHTS:
+        raise ValueError(f"CoreML precision must be one of {', '.join(WEIGHTS)}; got {precision!r}")
     ct = _coremltools()
     batch = fixed_batch(ctx.options)
     target_name = str(ctx.options.get("coreml_target", DEFAULT_TARGET))

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import copy
 
+from fewstep.export.context import Artifact, ExportContext
 from fewstep.export.denoiser import HalfIO
-from fewstep.export.registry import Artifact, ExportContext
+from fewstep.runtime.registry import get_backend
 
-PRECISIONS = ("fp32", "fp16")
 FORMATS = {"torchscript": "ts", "exported_program": "ep"}
 
 
@@ -32,13 +32,6 @@ def _torch_tensorrt():
             "pip install 'fewstep[gpu]' (its wheels come from NVIDIA's / PyTorch's indexes)"
         ) from e
     return torch_tensorrt
-
-
-def can_run() -> str | None:
-    """None when Torch-TensorRT modules can be compiled and run here, else the reason (the runtime backend's check)."""
-    from fewstep.runtime.backends.torch_tensorrt import unavailable_reason
-
-    return unavailable_reason()
 
 
 def export_program(module, examples: tuple, max_batch: int):
@@ -87,12 +80,10 @@ def compile_denoiser(ctx: ExportContext, precision: str):
 
 
 def export(ctx: ExportContext, precision: str) -> Artifact:
-    if precision not in PRECISIONS:
-        raise ValueError(f"Torch-TensorRT export writes {', '.join(PRECISIONS)}; got {precision!r}")
     fmt = ctx.options.get("torch_trt_format", "torchscript")
     if fmt not in FORMATS:
         raise ValueError(f"torch_trt_format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    problem = can_run()
+    problem = get_backend("torch-tensorrt").unavailable_reason()
     if problem:
         raise RuntimeError(f"cannot compile with Torch-TensorRT on this machine: {problem}")
     torch_trt = _torch_tensorrt()

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.runtime.engine import BackendUnavailable, EngineInputError, check_inputs
+from fewstep.runtime.registry import Backend, register_backend
 
 
 def _cudart():
@@ -59,14 +61,14 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def specs_from_engine(engine, trt) -> tuple[dict[str, dict], dict[str, dict]]:
-    """{name: {"shape": [...], "dtype": ...}} for inputs and outputs; a dynamic axis 0 is the batch "B"."""
+def specs_from_engine(engine, trt) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    """{name: TensorSpec} for inputs and outputs; a dynamic axis 0 is the batch "B"."""
     inputs, outputs = {}, {}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         dims = list(engine.get_tensor_shape(name))
         shape = ["B" if (k == 0 and d == -1) else int(d) for k, d in enumerate(dims)]
-        spec = {"shape": shape, "dtype": np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name}
+        spec = TensorSpec(tuple(shape), np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name)
         (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs)[name] = spec
     return inputs, outputs
 
@@ -83,8 +85,8 @@ class TensorRTEngine:
     def __init__(
         self,
         path: str | Path,
-        inputs: dict[str, dict] | None = None,
-        outputs: dict[str, dict] | None = None,
+        inputs: dict[str, TensorSpec] | None = None,
+        outputs: dict[str, TensorSpec] | None = None,
         device: int = 0,
     ):
         reason = unavailable_reason()
@@ -117,13 +119,13 @@ class TensorRTEngine:
         self._stream = _call(self._cudart, self._cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
 
-    def _profile_batch_range(self, declared_in: dict[str, dict]) -> tuple[int, int]:
+    def _profile_batch_range(self, declared_in: dict[str, TensorSpec]) -> tuple[int, int]:
         """(min, max) batch of optimization profile 0; a fixed-shape engine has a single batch."""
         for name, spec in declared_in.items():
-            if spec["shape"] and spec["shape"][0] == "B":
+            if spec.shape and spec.shape[0] == "B":
                 low, _opt, high = self.engine.get_tensor_profile_shape(name, 0)
                 return int(low[0]), int(high[0])
-        fixed = int(next(iter(declared_in.values()))["shape"][0])
+        fixed = int(next(iter(declared_in.values())).shape[0])
         return fixed, fixed
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
@@ -163,7 +165,7 @@ class TensorRTEngine:
             ptr = self._buffers[name][0]
             _call(cudart, cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, d2h, self._stream))
         _call(cudart, cudart.cudaStreamSynchronize(self._stream))
-        return {name: a.astype(self.outputs[name]["dtype"], copy=False) for name, a in results.items()}
+        return {name: a.astype(self.outputs[name].dtype, copy=False) for name, a in results.items()}
 
     def close(self) -> None:
         """Free device buffers and the stream (also done when the engine is garbage-collected)."""
@@ -188,7 +190,15 @@ class TensorRTEngine:
         return f"TensorRTEngine({str(self.path)!r}, batch {low}..{high})"
 
 
-def open_engine(path: Path, entry: dict, device: int = 0, threads: int | None = None) -> TensorRTEngine:
+def open_engine(path: Path, entry: EngineEntry, device: int = 0, threads: int | None = None) -> TensorRTEngine:
     """`threads` is accepted and unused: the Generator passes its CPU thread count to every backend, and a
     TensorRT engine runs on the GPU."""
-    return TensorRTEngine(path, entry.get("inputs"), entry.get("outputs"), device)
+    return TensorRTEngine(path, entry.inputs, entry.outputs, device)
+
+
+BACKEND = register_backend(Backend(
+    name="tensorrt", target="tensorrt", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=10,
+    precisions=("fp32", "fp16", "int8"), exporter="fewstep.export.targets.tensorrt:export", build_where_run=True,
+    triton_platform="tensorrt_plan",
+    description="fp32, fp16, int8 (explicit Q/DQ from NNCF); builds only on an NVIDIA GPU with TensorRT",
+))  # fmt: skip

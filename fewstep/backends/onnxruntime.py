@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 
+from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.runtime.engine import BackendUnavailable, check_inputs
+from fewstep.runtime.registry import Backend, register_backend
 
 # tried in this order when present in the installed onnxruntime build
 PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -18,14 +21,14 @@ class OnnxRuntimeEngine:
     def __init__(
         self,
         path: Path,
-        inputs: dict[str, dict],
-        outputs: dict[str, dict],
+        inputs: dict[str, TensorSpec],
+        outputs: dict[str, TensorSpec],
         threads: int | None = None,
         providers: list[str] | None = None,
         spinning: bool = True,
     ):
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # runtime extra
         except ImportError as e:
             raise BackendUnavailable("onnxruntime is not installed: pip install 'fewstep[runtime]'") from e
         available = ort.get_available_providers()
@@ -51,6 +54,22 @@ class OnnxRuntimeEngine:
         return dict(zip(self._out_names, self.session.run(self._out_names, inputs), strict=True))
 
 
-def open_engine(path: Path, entry: dict, threads: int | None = None, providers: list[str] | None = None,
-                spinning: bool = True):  # fmt: skip
-    return OnnxRuntimeEngine(path, entry["inputs"], entry["outputs"], threads, providers, spinning)
+def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, providers: list[str] | None = None,
+                spinning: bool = True) -> OnnxRuntimeEngine:  # fmt: skip
+    return OnnxRuntimeEngine(path, entry.inputs, entry.outputs, threads, providers, spinning)
+
+
+def unavailable_reason() -> str | None:
+    try:
+        importlib.import_module("onnxruntime")
+    except ImportError:
+        return "onnxruntime is not installed: pip install 'fewstep[runtime]'"
+    return None
+
+
+BACKEND = register_backend(Backend(
+    name="onnxruntime", target="onnx", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=40,
+    precisions=("fp32", "fp16", "int8"), exporter="fewstep.export.targets.onnx:export", quantizers=("nncf", "ort"),
+    triton_platform="onnxruntime_onnx", side_by_side_options={"spinning": False},
+    description="fp32, fp16, int8 (NNCF or ONNX Runtime QDQ; calibration from the student's own sampler)",
+))  # fmt: skip

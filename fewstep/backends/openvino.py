@@ -17,13 +17,16 @@ to 0.88 s (`benchmarks/openvino_cache_cold_start.py`; OpenVINO notes the gain on
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.runtime.engine import BackendUnavailable, check_inputs
+from fewstep.runtime.registry import Backend, register_backend
 
 MAX_SHAPES = 8  # compiled batch sizes kept: 1, 2, 4, ..., 128
 CACHE_ENV = "FEWSTEP_OPENVINO_CACHE_DIR"
@@ -33,13 +36,12 @@ class OpenVINOEngine:
     backend = "openvino"
 
     def __init__(
-        self, path: Path, inputs: dict[str, dict], outputs: dict[str, dict], threads: int | None = None,
+        self, path: Path, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], threads: int | None = None,
         device: str = "CPU", static_shapes: bool = True, max_shapes: int = MAX_SHAPES, cache_dir: str | None = None,
     ):  # fmt: skip
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise BackendUnavailable("openvino is not installed: pip install openvino") from e
+        if why := unavailable_reason():
+            raise BackendUnavailable(why)
+        import openvino as ov  # its own package (export extra)
         self._core = ov.Core()
         if device not in self._core.available_devices:
             raise BackendUnavailable(
@@ -85,10 +87,10 @@ class OpenVINOEngine:
             return self._compiled[batch]
         model = self._model
         if batch is not None:
-            import openvino as ov
+            import openvino as ov  # its own package (export extra)
 
             model = model.clone()
-            model.reshape({name: ov.PartialShape(_concrete(s["shape"], batch)) for name, s in self.inputs.items()})
+            model.reshape({name: ov.PartialShape(list(s.concrete(batch))) for name, s in self.inputs.items()})
         compiled = self._core.compile_model(model, self._device, self._config)
         self._compiled[batch] = (compiled, compiled.create_infer_request())
         while len(self._compiled) > self.max_shapes:
@@ -120,12 +122,22 @@ def _buckets(rows: int) -> list[int]:
     return [1 << k for k in range(_bucket(rows).bit_length())]
 
 
-def _concrete(shape: list, batch: int) -> list[int]:
-    return [batch if d == "B" else int(d) for d in shape]
+def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, device: str = "CPU",
+                static_shapes: bool = True, max_shapes: int = MAX_SHAPES, cache_dir: str | None = None,
+                ) -> OpenVINOEngine:  # fmt: skip
+    return OpenVINOEngine(path, entry.inputs, entry.outputs, threads, device, static_shapes, max_shapes, cache_dir)
 
 
-def open_engine(path: Path, entry: dict, threads: int | None = None, device: str = "CPU", static_shapes: bool = True,
-                max_shapes: int = MAX_SHAPES, cache_dir: str | None = None):  # fmt: skip
-    return OpenVINOEngine(
-        path, entry["inputs"], entry["outputs"], threads, device, static_shapes, max_shapes, cache_dir
-    )
+def unavailable_reason() -> str | None:
+    try:
+        importlib.import_module("openvino")
+    except ImportError:
+        return "openvino is not installed: pip install openvino (or pip install 'fewstep[export]')"
+    return None
+
+
+BACKEND = register_backend(Backend(
+    name="openvino", target="openvino", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=50,
+    precisions=("fp32", "fp16", "int8", "int8w"), exporter="fewstep.export.targets.openvino:export",
+    description="fp32, fp16, int8 (NNCF), int8w (weight-only)",
+))  # fmt: skip

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fewstep.export.context import SHARED_FP32_ONNX, Artifact, ExportContext
 from fewstep.export.denoiser import Denoiser
-from fewstep.export.registry import Artifact, ExportContext
 
 OPSET = 20
-PRECISIONS = ("fp32", "fp16", "int8")
-QUANTIZERS = ("nncf", "ort")
+QUANTIZERS = ("nncf", "ort")  # the onnxruntime backend offers both (`Backend.quantizers`), one engine each
 # layers kept in float by int8 quantization: parameter-name fragments of the modules they belong to
 SENSITIVE = ("conv_in.", "conv_out.", "time_embedding.")
 MAX_BATCH = 4096
@@ -177,11 +176,16 @@ def quantize_ort(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]],
             "ops": ["Conv", "Gemm", "MatMul"]}  # fmt: skip
 
 
-def export(ctx: ExportContext, precision: str) -> Artifact:
-    if precision not in PRECISIONS:
-        raise ValueError(f"ONNX export writes {', '.join(PRECISIONS)}; got {precision!r}")
+def shared_fp32(ctx: ExportContext) -> Path:
+    """The fp32 ONNX graph of this export, written once: OpenVINO and TensorRT engines start from it too."""
     if ctx.onnx_fp32 is None:
-        ctx.onnx_fp32 = export_fp32(ctx.denoiser, ctx.out_dir / ".denoiser.fp32.tmp.onnx")
+        ctx.onnx_fp32 = export_fp32(ctx.denoiser, ctx.out_dir / SHARED_FP32_ONNX)
+    return ctx.onnx_fp32
+
+
+def export(ctx: ExportContext, precision: str) -> Artifact:
+    shared_fp32(ctx)
+    assert ctx.onnx_fp32 is not None
     if precision == "fp32":
         return Artifact(ctx.onnx_fp32, "onnxruntime", "fp32", {"opset": OPSET})
     if precision == "fp16":
@@ -190,21 +194,14 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
     quantizer = ctx.options.get("quantizer", "nncf")
     if quantizer not in QUANTIZERS:
         raise ValueError(f"unknown int8 quantizer {quantizer!r}; choose {' or '.join(QUANTIZERS)}")
-    if not ctx.calibration:
+    calibration = ctx.calibration_inputs()
+    if not calibration:
         raise ValueError("int8 quantization needs calibration data (the student's sampler inputs)")
     onnx = _need_onnx()
     keep = sensitive_nodes(onnx.load(str(ctx.onnx_fp32)))
     path = ctx.out_dir / f".denoiser.int8.{quantizer}.tmp.onnx"
     if quantizer == "nncf":
-        info = quantize_nncf(ctx.onnx_fp32, path, ctx.calibration, keep, symmetric=ctx.options.get("symmetric", False))
+        info = quantize_nncf(ctx.onnx_fp32, path, calibration, keep, symmetric=ctx.options.get("symmetric", False))
     else:
-        info = quantize_ort(ctx.onnx_fp32, path, ctx.calibration, keep)
+        info = quantize_ort(ctx.onnx_fp32, path, calibration, keep)
     return Artifact(path, "onnxruntime", "int8", {"opset": OPSET, **info, "kept_float": keep})
-
-
-def can_run() -> str | None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "onnxruntime is not installed (pip install 'fewstep[runtime]')"
-    return None

@@ -19,9 +19,9 @@ import ctypes
 import sys
 from pathlib import Path
 
-from fewstep.export.registry import Artifact, ExportContext
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from fewstep.export.context import Artifact, ExportContext
+from fewstep.export.targets.onnx import export as onnx_export
+from fewstep.export.targets.onnx import shared_fp32
 
 # Operators the TensorRT ONNX parser supports ("Y" rows of the support matrix in onnx/onnx-tensorrt
 # docs/operators.md, TensorRT 10.15 revision: opsets 9-24). The matrix adds per-op restrictions (e.g. Resize modes,
@@ -168,22 +168,12 @@ def _cuda_device_problem() -> str | None:
     return None
 
 
-def can_run() -> str | None:
-    """None when TensorRT engines can be built and run here, else the reason."""
-    try:
-        _tensorrt()
-    except ImportError as e:
-        return str(e)
-    return _cuda_device_problem()
-
-
 def _source_graph(ctx: ExportContext, precision: str) -> Path:
     if precision == "int8":
+        # built from an explicitly quantized (Q/DQ) graph, calibrators are not used: the given one, else NNCF's,
+        # symmetric (TensorRT accepts only zero points of 0)
         if not ctx.options.get("qdq_onnx"):
-            raise ValueError(
-                "TensorRT int8 is built from an explicitly quantized (Q/DQ) ONNX graph: pass its path as "
-                "options['qdq_onnx'] (e.g. the onnx exporter's NNCF int8 graph); calibrators are not used"
-            )
+            ctx.options["qdq_onnx"] = _symmetric_qdq_graph(ctx)
         path = Path(ctx.options["qdq_onnx"])
         problems = qdq_problems(path)
         if problems:
@@ -197,12 +187,19 @@ def _source_graph(ctx: ExportContext, precision: str) -> Path:
     elif precision == "fp16" and ctx.options.get("fp16_onnx"):
         path = Path(ctx.options["fp16_onnx"])
     else:
-        if ctx.onnx_fp32 is None:
-            raise ValueError("TensorRT export starts from the fp32 ONNX graph: export 'onnx' first (ctx.onnx_fp32)")
-        path = Path(ctx.onnx_fp32)
+        path = shared_fp32(ctx)  # the fp32 ONNX graph, written once per export
     if not path.is_file():
         raise FileNotFoundError(f"ONNX graph for the TensorRT {precision} engine not found: {path}")
     return path
+
+
+def _symmetric_qdq_graph(ctx: ExportContext) -> Path:
+    saved = dict(ctx.options)
+    ctx.options.update(quantizer="nncf", symmetric=True)
+    try:
+        return onnx_export(ctx, "int8").path
+    finally:
+        ctx.options = saved
 
 
 def batch_profile(ctx: ExportContext) -> dict[str, int]:
@@ -286,8 +283,6 @@ def build_plan(path: Path, precision: str, batch: dict[str, int], options: dict)
 
 
 def export(ctx: ExportContext, precision: str) -> Artifact:
-    if precision not in PRECISIONS:
-        raise ValueError(f"TensorRT export writes {', '.join(PRECISIONS)}; got {precision!r}")
     source = _source_graph(ctx, precision)
     check_for_tensorrt(source)  # a clear error before any GPU work
     trt = _tensorrt()
