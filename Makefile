@@ -1,9 +1,10 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv and install on first use.
+# `make test-fast` is the everyday loop (lint + the tests not marked slow); `make test` is what CI runs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -17,12 +18,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/install_test_browser.sh
 	bash scripts/install_optimum_env.sh
-	$(PY) -m ruff check fewstep tests benchmarks scripts
+	bash scripts/install_runtime_env.sh
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest -q -m "not slow" -n 2
+
+# ruff (lint + format), the import layers (import-linter, contracts in pyproject.toml) and mypy (strict on the
+# shared basics and the runtime)
 lint: $(STAMP)
 	$(PY) -m ruff check fewstep tests benchmarks scripts
 	$(PY) -m ruff format --check fewstep tests benchmarks scripts
+	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) .venv-optimum .pytest_cache .ruff_cache out
+	rm -rf $(VENV) .venv-optimum .venv-runtime .pytest_cache .ruff_cache .mypy_cache out

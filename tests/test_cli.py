@@ -166,3 +166,26 @@ def test_demo_sweep_covers_the_chain_and_stages_are_reused(tmp_path, capsys):
     stages.run(1, "distill", "x", {"steps": 6}, lambda: calls.append(3))  # other settings: run again
     assert calls == [1, 3]
     assert "reused" in capsys.readouterr().out
+
+
+def test_resume_continues_from_the_runs_saved_config(tmp_path, capsys):
+    """`--resume --out RUN` needs no flag of the first run again; --steps may grow, weight-shaping settings may not."""
+    from fewstep.models.checkpoint import read_meta
+    from tests.distill_fixtures import make_tiny_teacher
+
+    teacher, student, pairs = make_tiny_teacher(tmp_path)
+    run = tmp_path / "run"
+    first = ["distill", "reflow", "--teacher", str(teacher), "--student", str(student), "--init", "sliced",
+             "--pairs", str(pairs), "--batch-size", "4", "--warmup-steps", "1", "--sample-every", "0",
+             "--checkpoint-every", "2", "--no-progress", "--steps", "2", "--out", str(run)]  # fmt: skip
+    assert main(first) == 0
+    assert main(["distill", "reflow", "--resume", "--out", str(run), "--steps", "4", "--no-progress"]) == 0
+    assert read_meta(run / "model.safetensors")["training"]["step"] == 4
+    capsys.readouterr()
+    assert main(["distill", "reflow", "--resume", "--out", str(run), "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.1 (the run has 0.0002)" in err and "May change on resume: --steps" in err
+    assert main(["distill", "instaflow", "--resume", "--out", str(run)]) == 2  # another method's run
+    assert "holds a `fewstep distill reflow` run" in capsys.readouterr().err
+    assert main(["distill", "reflow", "--resume", "--out", str(run), "--print-config"]) == 0
+    assert f"pairs: {pairs}" in capsys.readouterr().out  # the run's own settings

@@ -7,7 +7,7 @@ import torch
 
 from fewstep.compress.teacher import TeacherConfig
 from fewstep.core.config import ConfigError, load_config, to_yaml
-from fewstep.models.text_encoders import PromptTooLongError
+from fewstep.core.errors import PromptTooLongError
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):

@@ -53,8 +53,11 @@ def test_method_round_trips_resumes_exactly_and_generates(tiny, tmp_path, method
     images = TorchPipeline.from_checkpoint(full).generate(["a red circle"], [0])
     assert images.shape == (1, 16, 16, 3)
     # the same run, killed half-way and resumed, ends with the same weights
-    distill(_cfg(tiny, method, steps=2, **({"stage2_steps": 2} if method == "slimflow" else {})), tmp_path / "half",
-            progress=False)
+    distill(
+        _cfg(tiny, method, steps=2, **({"stage2_steps": 2} if method == "slimflow" else {})),
+        tmp_path / "half",
+        progress=False,
+    )
     with pytest.raises(FileExistsError):
         distill(_cfg(tiny, method), tmp_path / "half", progress=False)
     if method in ("slimflow", "progressive"):

@@ -235,7 +235,8 @@ def test_speed_gate_refuses_an_engine_slower_than_fp32():
 
 @pytest.mark.slow
 def test_bundled_tokenizer_and_text_encoder_match_torch(cfg_bundle, encoder):
-    from fewstep.runtime.text import PromptTooLongError, RuntimeTextEncoder
+    from fewstep.core.errors import PromptTooLongError
+    from fewstep.runtime.text import RuntimeTextEncoder
 
     root, _ = cfg_bundle
     rt = RuntimeTextEncoder.from_bundle(root, read_manifest(root).text_encoder)

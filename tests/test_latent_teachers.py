@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from fewstep.core.errors import PromptTooLongError
 from fewstep.models.diffusers_dir import T5_TOKENS, PipelineDirError, check_pipeline_dir, load_pipeline
 from fewstep.models.loading import load_model
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.models.samplers import euler, seeded_noise
-from fewstep.models.text_encoders import PromptTooLongError, load_text_encoder
+from fewstep.models.text_encoders import load_text_encoder
 from fewstep.models.vp_adapter import flow_time_of
 from fewstep.testing.tiny_pipelines import IMAGE_SIZE, tiny_sd3_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 from tests.distill_fixtures import distill_tiny

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from fewstep.runtime.engine import BackendUnavailable, EngineInputError, check_i
 from fewstep.runtime.registry import Backend, register_backend
 
 
-def _cudart():
+def _cudart() -> Any:
     for name in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python >= 12.6, then the older layout
         try:
             return importlib.import_module(name)
@@ -30,7 +31,7 @@ def _cudart():
     raise BackendUnavailable("the TensorRT backend needs cuda-python for device memory: pip install cuda-python")
 
 
-def _tensorrt():
+def _tensorrt() -> Any:
     try:
         return importlib.import_module("tensorrt")
     except ImportError as e:
@@ -39,7 +40,7 @@ def _tensorrt():
         ) from e
 
 
-def _call(cudart, result):
+def _call(cudart: Any, result: Any) -> Any:
     """cuda-python returns (error, *values): raise on error, else the value(s)."""
     err, *values = result
     if err != cudart.cudaError_t.cudaSuccess:
@@ -61,9 +62,10 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def specs_from_engine(engine, trt) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+def specs_from_engine(engine: Any, trt: Any) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
     """{name: TensorSpec} for inputs and outputs; a dynamic axis 0 is the batch "B"."""
-    inputs, outputs = {}, {}
+    inputs: dict[str, TensorSpec] = {}
+    outputs: dict[str, TensorSpec] = {}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         dims = list(engine.get_tensor_shape(name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from fewstep.runtime.engine import BackendUnavailable, check_inputs
 from fewstep.runtime.registry import Backend, register_backend
 
 
-def _torch():
+def _torch() -> Any:
     try:
         return importlib.import_module("torch")
     except ImportError as e:
@@ -30,7 +31,7 @@ class TorchModuleEngine:
 
     backend = "torch"
 
-    def __init__(self, module, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], device: str):
+    def __init__(self, module: Any, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], device: str):
         self.torch = _torch()
         self.module, self.inputs, self.outputs = module, inputs, outputs
         self.device = self.torch.device(device)
@@ -45,7 +46,7 @@ class TorchModuleEngine:
         return {self._out_name: v.float().cpu().numpy().astype(self.outputs[self._out_name].dtype, copy=False)}
 
 
-def default_device(torch) -> str:
+def default_device(torch: Any) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

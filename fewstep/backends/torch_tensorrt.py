@@ -55,7 +55,7 @@ def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, devi
     # the embedded TensorRT engines take batches up to their profile's max: the Generator splits larger requests
     profile = entry.info.get("profile") or {}
     if profile.get("max"):
-        engine.max_batch = int(profile["max"])
+        engine.max_batch = int(profile["max"])  # type: ignore[attr-defined]  # the Engine protocol's optional limit
     return engine
 
 

@@ -106,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
         "backend": entry.backend,
         "precision": entry.precision,
         "threads": args.threads or "backend default",
-        "sampler": {"rule": gen.sampler.rule, "timesteps": list(gen.sampler.schedule(None).tolist()),
-                    "guidance": gen.guidance_mode},
+        "sampler": {
+            "rule": gen.sampler.rule,
+            "timesteps": list(gen.sampler.schedule(None).tolist()),
+            "guidance": gen.guidance_mode,
+        },
         "machine": machine(),
         "batches": bench_batches(gen, args.batch_sizes, args.runs, args.warmup),
         "cold_start": cold_start(args.bundle, entry.id, args.threads),

@@ -60,8 +60,9 @@ def _number(typ: type) -> Any:
         try:
             return typ(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if typ is int else 'a number'}; got {text!r}") \
-                from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if typ is int else 'a number'}; got {text!r}"
+            ) from None
 
     return parse
 
@@ -131,8 +132,13 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
 
 
-def add_run_flags(p: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = (), resume: bool = True,
-                  out_help: str = "run directory (created): config.yaml, checkpoints, samples, metrics") -> None:
+def add_run_flags(
+    p: argparse.ArgumentParser,
+    config_cls: type,
+    skip: tuple[str, ...] = (),
+    resume: bool = True,
+    out_help: str = "run directory (created): config.yaml, checkpoints, samples, metrics",
+) -> None:
     """--out/--config/--resume/--print-config/--threads/--no-progress, then one flag per config field."""
     p.add_argument("--out", metavar="DIR", help=out_help)
     p.add_argument("--config", metavar="YAML", help="a YAML file of settings (keys as below, '-' -> '_'); flags "

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
+import yaml
+
 from fewstep.commands import Command, add_command
 from fewstep.commands.config_flags import count
+from fewstep.commands.dispatch import main as cli
 from fewstep.core.fsio import atomic_write_text
+from fewstep.report.run import run_report
+from fewstep.report.sweep import load_sweep
 
 EPILOG = """stages (each reused when it finished before, so the demo is safe to re-run or to resume after a kill):
   1. distill   a SHORT guidance distillation of the shipped shapes teacher (a few hundred steps, a few minutes
@@ -79,11 +85,6 @@ class Stages:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from fewstep.cli import main as cli
-    from fewstep.report.run import run_report
-    from fewstep.report.sweep import load_sweep
 
     if args.distill_steps < 1 or args.n < 10:
         raise ValueError("--distill-steps must be >= 1 and --n >= 10")
@@ -103,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
     def distill() -> None:
         resume = ["--resume"] if (student_dir / "state.safetensors").is_file() else []
         if (student_dir / "config.yaml").is_file() and not resume:  # killed before its first checkpoint
-            import shutil
-
             shutil.rmtree(student_dir)
         _ok(cli([*distill_args, *resume]), "distillation")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from fewstep.commands import Command, add_command
 from fewstep.commands.config_flags import count
 from fewstep.core.fsio import atomic_write_text
+from fewstep.evaluation.evaluate import DEFAULT_SETTINGS, Setting, evaluate
 
 EPILOG = """examples:
   fewstep eval shapes32-teacher --out runs/eval-teacher                  # 50-step CFG and 1/2/4-step baselines
@@ -24,7 +25,9 @@ for every setting. Writes eval.json and one sample grid per setting into --out."
 def register(sub: argparse._SubParsersAction, command: Command) -> None:
     p = add_command(sub, command, EPILOG)
     p.add_argument("model", help="checkpoint path, run directory or shipped model name")
-    p.add_argument("--dataset", choices=("shapes", "digits"), default="shapes")
+    p.add_argument("--dataset", choices=("shapes", "digits"), default="shapes",
+                   help="the built-in set whose held-out captions are the prompts and whose judge scores them "
+                   "(default shapes)")  # fmt: skip
     p.add_argument("--n", type=int, default=512, help="prompts (= images per setting), default 512")
     p.add_argument("--setting", action="append", default=[], help="SAMPLER:STEPS:GUIDANCE (repeatable)")
     p.add_argument("--judge", help="judge checkpoint (default: the shipped one for --dataset)")
@@ -47,9 +50,7 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from fewstep.evaluation.evaluate import DEFAULT_SETTINGS, Setting, evaluate
+    import torch  # train extra
 
     if args.threads:
         torch.set_num_threads(args.threads)

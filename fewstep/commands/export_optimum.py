@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fewstep.commands import Command, add_command
+from fewstep.export.optimum import OptimumExport
 
 EPILOG = """examples:
   fewstep export-optimum runs/sd15-progressive --out sd15-2step-onnx
@@ -36,7 +37,6 @@ def register(sub: argparse._SubParsersAction, command: Command) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fewstep.export.optimum import OptimumExport
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     record = OptimumExport(args.model, args.out, args.force, log).run()

@@ -163,10 +163,14 @@ def _bundle(root: Path, as_json: bool, verify: bool) -> int:
         return 0
     s, img = m.sampler, m.image
     guidance = s.guidance.mode + (f" {s.guidance.range}" if s.guidance.range else "")
-    print(f"{m.model.name}: {m.model.method or m.model.role or 'model'}, {m.model.params or 0:,} params, "
-          f"{s.rule} {s.steps()} step(s), guidance {guidance}")
-    print(f"  images {img.channels}x{img.height}x{img.width} ({img.space}); text encoder {m.text_encoder.kind}, "
-          f"{m.text_encoder.max_tokens} tokens" + (f"; decoders: {', '.join(m.decoders)}" if m.decoders else ""))
+    print(
+        f"{m.model.name}: {m.model.method or m.model.role or 'model'}, {m.model.params or 0:,} params, "
+        f"{s.rule} {s.steps()} step(s), guidance {guidance}"
+    )
+    print(
+        f"  images {img.channels}x{img.height}x{img.width} ({img.space}); text encoder {m.text_encoder.kind}, "
+        f"{m.text_encoder.max_tokens} tokens" + (f"; decoders: {', '.join(m.decoders)}" if m.decoders else "")
+    )
     print(f"  {'engine':<22} {'backend':<15} {'MB':>7} {'PSNR dB':>8} {'vs fp32':>8}  runs here")
     for e in m.engines:
         par, spd = e.gates.get("parity", {}), e.gates.get("speed", {})

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
 
 from fewstep.commands import Command, add_command
+from fewstep.report.run import run_report
+from fewstep.report.sweep import _check, load_sweep
 
 EPILOG = """examples:
   fewstep report --example > sweep.yaml        # a documented sweep to edit
@@ -46,10 +49,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.sweep:
         raise ValueError("give a sweep YAML (start from `fewstep report --example > sweep.yaml`)")
-    import dataclasses
-
-    from fewstep.report.run import run_report
-    from fewstep.report.sweep import _check, load_sweep
 
     cfg = load_sweep(args.sweep)
     if args.n is not None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 
+from fewstep.backends.openvino import CACHE_ENV
 from fewstep.commands import Command, add_command
 from fewstep.commands.config_flags import count
+from fewstep.core.manifest import read_manifest
+from fewstep.runtime import Generator
+from fewstep.runtime.engine_pick import fastest_engine, format_rows, measure_in_subprocess
+from fewstep.runtime.server import ServeConfig, create_app
 
 EPILOG = """examples:
   fewstep serve bundles/prog4                               # http://127.0.0.1:8000/ (web page), /docs (API)
@@ -61,13 +66,9 @@ def register(sub: argparse._SubParsersAction, command: Command) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # serve extra
     except ImportError as e:
         raise ImportError("fewstep serve needs `pip install 'fewstep[serve]'` (fastapi, uvicorn)") from e
-    from fewstep.backends.openvino import CACHE_ENV
-    from fewstep.core.manifest import read_manifest
-    from fewstep.runtime import Generator
-    from fewstep.runtime.server import ServeConfig, create_app
 
     if args.engine_cache:
         os.environ[CACHE_ENV] = args.engine_cache  # also seen by the engine-timing subprocess
@@ -75,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or None
     engine = args.engine
     if engine is None and args.pick == "throughput" and len(read_manifest(args.bundle).engines) > 1:
-        from fewstep.runtime.engine_pick import fastest_engine, format_rows, measure_in_subprocess
-
         rows = measure_in_subprocess(args.bundle, args.max_batch, threads, args.decoder)
         engine = fastest_engine(rows)
         print(f"engines at {args.max_batch} image(s) per call on this machine:\n{format_rows(rows)}", flush=True)

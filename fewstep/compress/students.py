@@ -9,7 +9,9 @@ keeps its fresh initialisation, and the report says how many did.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -24,9 +26,6 @@ def student_unet_config(preset: str | None, teacher_unet: dict, guidance_dim: in
     if preset in (None, "", "same"):
         unet = dict(teacher_unet)
     elif preset.endswith(".json"):  # a UNet2DConditionModel config of your own
-        import json
-        from pathlib import Path
-
         path = Path(preset)
         if not path.is_file():
             raise ValueError(f"student config {preset} does not exist")

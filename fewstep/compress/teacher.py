@@ -15,8 +15,9 @@ from fewstep.compress.trainer import LoopConfig, TrainingLoop, check_resumable, 
 from fewstep.core.config import ConfigError, param, to_dict, to_yaml
 from fewstep.core.fsio import atomic_write_text
 from fewstep.core.imaging import captioned_grid, save_png, to_uint8
+from fewstep.models.checkpoint import CheckpointError, read_meta
 from fewstep.models.datasets import make_dataset
-from fewstep.models.loading import save_model
+from fewstep.models.loading import load_model, model_sha256, resolve_checkpoint, save_model
 from fewstep.models.presets import get_preset
 from fewstep.models.samplers import euler, seeded_noise, uniform_timesteps
 from fewstep.models.text_encoders import TextEncoder, clip_from_dir, minilm
@@ -41,7 +42,8 @@ class TeacherConfig(LoopConfig):
     cond_dropout: float = param(0.1, "probability of training on the empty prompt, for classifier-free guidance",
                                 min=0, max=1)  # fmt: skip
     t_sampling: Literal["logit_normal", "uniform"] = param(
-        "logit_normal", "how training times are drawn (logit_normal: more training mid-path, where layout is decided)")
+        "logit_normal", "how training times are drawn (logit_normal: more training mid-path, where layout is decided)"
+    )
     init: str | None = param(None, "start from this teacher checkpoint's weights (a fine-tune); same preset "
                              "required", path="checkpoint")  # fmt: skip
     sample_guidance: float = param(3.0, "CFG scale of the sample grids and the checkpoint's default", min=0, max=30)
@@ -59,8 +61,6 @@ def make_text_encoder(name: str, max_tokens: int) -> TextEncoder:
 
 def load_init_weights(model: torch.nn.Module, init: str, unet: dict, text_encoder: dict) -> None:
     """Copy a teacher checkpoint's weights into `model`, refusing one of another network or text encoder."""
-    from fewstep.models.checkpoint import CheckpointError
-    from fewstep.models.loading import load_model
 
     source, spec = load_model(init)
     if spec.get("kind") != "unet-flow" or spec.get("unet") != unet:
@@ -79,8 +79,6 @@ def load_init_weights(model: torch.nn.Module, init: str, unet: dict, text_encode
 def _init_sha256(init: str, out: Path, resuming: bool) -> str:
     """Which weights a fine-tune started from: recorded by the run itself once it has saved (a shipped name
     may come to mean another file later), else the init checkpoint's sha256."""
-    from fewstep.models.checkpoint import read_meta
-    from fewstep.models.loading import model_sha256, resolve_checkpoint
 
     saved = out / "model.safetensors"
     if resuming and saved.is_file():

@@ -68,9 +68,11 @@ class LoopConfig(Config):
     max_bad_steps: int = param(20, "consecutive non-finite losses before the run stops", min=1)
     device: str = param("cpu", "where to train: cpu, cuda or cuda:N", metavar="cpu|cuda|cuda:N")
     mixed_precision: Literal["no", "bf16", "fp16"] = param(
-        "no", "autocast precision; GPUs only (bf16 is ~130x slower on CPUs without bf16 units)")
+        "no", "autocast precision; GPUs only (bf16 is ~130x slower on CPUs without bf16 units)"
+    )
     optimizer: Literal["adamw", "adamw8bit"] = param(
-        "adamw", "adamw8bit: bitsandbytes' 8-bit AdamW, ~1/4 of the optimizer memory; CUDA only")
+        "adamw", "adamw8bit: bitsandbytes' 8-bit AdamW, ~1/4 of the optimizer memory; CUDA only"
+    )
 
     def check(self) -> None:
         super().check()
@@ -106,7 +108,7 @@ def config_changes(meta: dict, loop: LoopConfig, run_config: dict) -> dict[str, 
 
 def check_resumable(out_dir: str | Path, loop: LoopConfig, run_config: dict, resume: bool) -> bool:
     """Before any expensive set-up: is there a run in `out_dir`, may it be resumed with these settings?"""
-    from safetensors import safe_open
+    from safetensors import safe_open  # train extra
 
     path = Path(out_dir) / STATE_FILE
     if not path.exists():
@@ -143,7 +145,7 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 def make_optimizer(config: LoopConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     if config.optimizer == "adamw8bit":
         try:
-            import bitsandbytes as bnb
+            import bitsandbytes as bnb  # gpu extra
         except ImportError as e:
             raise ImportError("optimizer=adamw8bit needs bitsandbytes (CUDA): pip install bitsandbytes") from e
         return bnb.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -397,10 +399,10 @@ def plot_training_curve(out_dir: str | Path, key: str = "loss") -> Path | None:
     rows = [r for r in read_metrics(out_dir) if key in r]
     if not rows:
         return None
-    import matplotlib
+    import matplotlib  # train extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # train extra
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1)

@@ -235,14 +235,14 @@ def describe(f: dataclasses.Field[Any], typ: Any) -> str:
         text += f" [{info.unit}]"
     if (choices := choices_of(typ)) and typing.get_origin(typ) is not Literal:
         text += f"; one or more of {_fmt_choices(choices)}"
-    return text
+    return str(text)
 
 
 def to_yaml(config: Any, comments: bool = True) -> str:
     """The config as YAML; with `comments`, each field's doc (and choices) as a comment above it."""
     data = to_dict(config)
     if not comments:
-        return yaml.safe_dump(data, sort_keys=False)
+        return str(yaml.safe_dump(data, sort_keys=False))
     hints = typing.get_type_hints(type(config))
     lines = []
     for f in fields(config):

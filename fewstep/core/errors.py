@@ -14,6 +14,10 @@ class UserError(Exception):
     """A failure the user can fix (bad input, a missing install part, a full disk); the message says how."""
 
 
+class PromptTooLongError(UserError, ValueError):
+    """A prompt with more tokens than the model was trained on."""
+
+
 class MissingExtra(UserError, ImportError):
     """An optional part of the install is missing; the message names the pip extra that brings it."""
 

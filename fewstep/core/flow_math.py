@@ -7,9 +7,11 @@ Plain arithmetic only: the same function serves the torch samplers and losses an
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
-Array = TypeVar("Array")  # a torch.Tensor or a numpy.ndarray
+# torch.Tensor or numpy.ndarray: the identities are plain arithmetic on either (typed Any: neither library is
+# a dependency of this module)
+Array = Any
 
 
 def bcast(t: Any, like: Any) -> Any:

@@ -74,7 +74,10 @@ def _write_error(path: Path, e: OSError) -> OutputWriteError:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    def write(p: Path) -> None:
+        p.write_text(text, encoding="utf-8")
+
+    atomic_write(path, write)
 
 
 def is_stale_temp(path: Path) -> bool:

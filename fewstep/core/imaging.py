@@ -12,7 +12,8 @@ from fewstep.core.fsio import atomic_write
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
-    return np.clip((x.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip((x.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

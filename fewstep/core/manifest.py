@@ -44,25 +44,25 @@ class _Reader:
         got = type(self.data[key]).__name__ if key in self.data else "missing"
         return BundleError(f"{self.source}: {self.where}.{key} is {got}, expected {expected}; re-export the bundle")
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def text(self, key: str, default: str | None = None) -> str:
         value = self.data.get(key, default)
         if not isinstance(value, str):
             raise self._fail(key, "a string")
         return value
 
-    def opt_str(self, key: str) -> str | None:
-        return None if self.data.get(key) is None else self.str(key)
+    def opt_text(self, key: str) -> str | None:
+        return None if self.data.get(key) is None else self.text(key)
 
-    def int(self, key: str, default: int | None = None, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: int | None = None, minimum: int | None = None) -> int:
         value = self.data.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
             raise self._fail(key, "an integer" + (f" >= {minimum}" if minimum is not None else ""))
         return value
 
-    def opt_int(self, key: str) -> int | None:
-        return None if self.data.get(key) is None else self.int(key)
+    def opt_integer(self, key: str) -> int | None:
+        return None if self.data.get(key) is None else self.integer(key)
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def flag(self, key: str, default: bool = False) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise self._fail(key, "true or false")
@@ -77,7 +77,7 @@ class _Reader:
     def sub(self, key: str) -> _Reader:
         return _Reader(self.obj(key), f"{self.where}.{key}", self.source)
 
-    def list(self, key: str, default: list[Any] | None = None) -> list[Any]:
+    def items(self, key: str, default: list[Any] | None = None) -> list[Any]:
         value = self.data.get(key, default)
         if not isinstance(value, list):
             raise self._fail(key, "a list")
@@ -114,10 +114,10 @@ class TensorSpec:
     @classmethod
     def from_json(cls, data: Any, where: str, source: str) -> TensorSpec:
         r = _Reader(data, where, source)
-        shape = r.list("shape")
+        shape = r.items("shape")
         if not all(d == "B" or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in shape):
             raise BundleError(f"{source}: {where}.shape must hold positive integers and 'B'; got {shape}; re-export")
-        return cls(tuple(shape), r.str("dtype", "float32"))
+        return cls(tuple(shape), r.text("dtype", "float32"))
 
 
 def tensor_specs(data: Any, where: str, source: str) -> dict[str, TensorSpec]:
@@ -167,11 +167,11 @@ class EngineEntry:
         r = _Reader(data, where, source)
         calibration = r.data.get("calibration")
         return cls(
-            id=r.str("id"), backend=r.str("backend"), precision=r.str("precision"), files=r.str_map("files"),
+            id=r.text("id"), backend=r.text("backend"), precision=r.text("precision"), files=r.str_map("files"),
             inputs=tensor_specs(r.obj("inputs"), f"{where}.inputs", source),
             outputs=tensor_specs(r.obj("outputs"), f"{where}.outputs", source),
-            size_bytes=r.int("size_bytes", 0), info=r.obj("info", {}), key=r.str("key", ""),
-            gates=r.obj("gates", {}), verified=r.bool("verified", False),
+            size_bytes=r.integer("size_bytes", 0), info=r.obj("info", {}), key=r.text("key", ""),
+            gates=r.obj("gates", {}), verified=r.flag("verified", False),
             calibration=r.obj("calibration") if calibration is not None else None, extra=r.rest(_names(cls)),
         )  # fmt: skip
 
@@ -191,7 +191,7 @@ class RefusedEngine:
     @classmethod
     def from_json(cls, data: Any, where: str, source: str) -> RefusedEngine:
         r = _Reader(data, where, source)
-        return cls(r.str("id"), r.str("reason", ""), r.obj("gates", {}), r.int("size_bytes", 0))
+        return cls(r.text("id"), r.text("reason", ""), r.obj("gates", {}), r.integer("size_bytes", 0))
 
 
 @dataclass(frozen=True)
@@ -217,9 +217,9 @@ class DecoderEntry:
     @classmethod
     def from_json(cls, data: Any, where: str, source: str) -> DecoderEntry:
         r = _Reader(data, where, source)
-        return cls(r.str("file"), r.str("sha256"), tensor_specs(r.obj("inputs"), f"{where}.inputs", source),
-                   tensor_specs(r.obj("outputs"), f"{where}.outputs", source), r.str("backend", "onnxruntime"),
-                   r.str("precision", "fp32"), r.int("size_bytes", 0), r.rest(_names(cls)))  # fmt: skip
+        return cls(r.text("file"), r.text("sha256"), tensor_specs(r.obj("inputs"), f"{where}.inputs", source),
+                   tensor_specs(r.obj("outputs"), f"{where}.outputs", source), r.text("backend", "onnxruntime"),
+                   r.text("precision", "fp32"), r.integer("size_bytes", 0), r.rest(_names(cls)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -275,25 +275,27 @@ class TextEncoderEntry:
     @classmethod
     def from_json(cls, data: Any, where: str, source: str) -> TextEncoderEntry:
         r = _Reader(data, where, source)
-        max_tokens = r.int("max_tokens", minimum=1)
+        max_tokens = r.integer("max_tokens", minimum=1)
         if "tokenizers" in r.data:
             tokenizers = []
-            for i, t in enumerate(r.list("tokenizers")):
+            for i, t in enumerate(r.items("tokenizers")):
                 tr = _Reader(t, f"{where}.tokenizers[{i}]", source)
-                tokenizers.append(TokenizerEntry(tr.str("file"), tr.str("sha256"), tr.int("max_tokens", minimum=1),
-                                                 tr.int("pad_id", 0), tr.str("input", "input_ids")))  # fmt: skip
+                limit = tr.integer("max_tokens", minimum=1)
+                tokenizers.append(TokenizerEntry(tr.text("file"), tr.text("sha256"), limit, tr.integer("pad_id", 0),
+                                                 tr.text("input", "input_ids")))  # fmt: skip
             if not tokenizers:
                 raise BundleError(f"{source}: {where}.tokenizers is empty; re-export the bundle")
         else:  # one tokenizer, recorded beside the graph
-            tokenizers = [TokenizerEntry(r.str("tokenizer"), r.str("tokenizer_sha256"), max_tokens, r.int("pad_id", 0))]
+            pad = r.integer("pad_id", 0)
+            tokenizers = [TokenizerEntry(r.text("tokenizer"), r.text("tokenizer_sha256"), max_tokens, pad)]
         ids = r.data.get("extra_ids")
         if ids is not None and not (isinstance(ids, list) and all(isinstance(v, (int, float)) for v in ids)):
             raise BundleError(f"{source}: {where}.extra_ids must be a list of numbers; re-export the bundle")
         known = {"kind", "file", "sha256", "max_tokens", "dim", "outputs", "tokenizer", "tokenizer_sha256", "pad_id",
                  "tokenizers", "null_is_zeros", "extra_ids"}  # fmt: skip
-        return cls(r.str("kind"), r.str("file"), r.str("sha256"), max_tokens, r.int("dim", minimum=1),
-                   tuple(tokenizers), tuple(str(o) for o in r.list("outputs", ["last_hidden_state"])),
-                   r.bool("null_is_zeros", False), None if ids is None else tuple(float(v) for v in ids),
+        return cls(r.text("kind"), r.text("file"), r.text("sha256"), max_tokens, r.integer("dim", minimum=1),
+                   tuple(tokenizers), tuple(str(o) for o in r.items("outputs", ["last_hidden_state"])),
+                   r.flag("null_is_zeros", False), None if ids is None else tuple(float(v) for v in ids),
                    r.rest(known))  # fmt: skip
 
 
@@ -318,8 +320,8 @@ class ImageInfo:
     @classmethod
     def from_json(cls, data: Any, where: str, source: str) -> ImageInfo:
         r = _Reader(data, where, source)
-        return cls(r.int("channels", minimum=1), r.int("height", minimum=1), r.int("width", minimum=1),
-                   r.str("space", "pixel"), r.rest(_names(cls)))  # fmt: skip
+        return cls(r.integer("channels", minimum=1), r.integer("height", minimum=1), r.integer("width", minimum=1),
+                   r.text("space", "pixel"), r.rest(_names(cls)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -342,8 +344,8 @@ class ModelInfo:
     @classmethod
     def from_json(cls, data: Any, where: str, source: str) -> ModelInfo:
         r = _Reader(data, where, source)
-        return cls(r.str("name"), r.str("source", ""), r.str("source_sha256", ""), r.opt_int("params"),
-                   r.opt_str("role"), r.opt_str("method"), r.opt_str("teacher"), r.rest(_names(cls)))  # fmt: skip
+        return cls(r.text("name"), r.text("source", ""), r.text("source_sha256", ""), r.opt_integer("params"),
+                   r.opt_text("role"), r.opt_text("method"), r.opt_text("teacher"), r.rest(_names(cls)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -387,8 +389,13 @@ class Manifest:
         if len(self.decoders) > 1:
             out["decoders"] = {k: d.to_json() for k, d in self.decoders.items()}
             out["default_decoder"] = self.default_decoder
-        out.update(text_encoder=self.text_encoder.to_json(), engines=[e.to_json() for e in self.engines],
-                   refused=[r.to_json() for r in self.refused], notes=list(self.notes), created_by=self.created_by)
+        out.update(
+            text_encoder=self.text_encoder.to_json(),
+            engines=[e.to_json() for e in self.engines],
+            refused=[r.to_json() for r in self.refused],
+            notes=list(self.notes),
+            created_by=self.created_by,
+        )
         if self.triton is not None:
             out["triton"] = dict(self.triton)
         return out
@@ -415,10 +422,10 @@ class Manifest:
             decoders["vae"] = DecoderEntry.from_json(data["decoder"], "manifest.decoder", source)
         for name, d in r.obj("decoders", {}).items():
             decoders[name] = DecoderEntry.from_json(d, f"manifest.decoders.{name}", source)
-        default_decoder = r.str("default_decoder", "vae")
+        default_decoder = r.text("default_decoder", "vae")
         if decoders and default_decoder not in decoders:
             raise BundleError(f"{source}: default_decoder {default_decoder!r} is not one of {sorted(decoders)}")
-        notes = r.list("notes", [])
+        notes = r.items("notes", [])
         triton = r.data.get("triton")
         return cls(
             model=ModelInfo.from_json(r.obj("model"), "manifest.model", source),
@@ -426,9 +433,9 @@ class Manifest:
             image=ImageInfo.from_json(r.obj("image"), "manifest.image", source),
             text_encoder=TextEncoderEntry.from_json(r.obj("text_encoder"), "manifest.text_encoder", source),
             engines=tuple(EngineEntry.from_json(e, f"manifest.engines[{i}]", source)
-                          for i, e in enumerate(r.list("engines"))),
+                          for i, e in enumerate(r.items("engines"))),
             refused=tuple(RefusedEngine.from_json(e, f"manifest.refused[{i}]", source)
-                          for i, e in enumerate(r.list("refused", []))),
+                          for i, e in enumerate(r.items("refused", []))),
             notes=tuple(str(n) for n in notes),
             created_by=r.obj("created_by", {}),
             latent=r.obj("latent") if data.get("latent") is not None else None,

@@ -36,7 +36,7 @@ def inception_features(weights: str | Path) -> FeatureSpace:
         import torch_fidelity  # noqa: F401
     except ImportError as e:
         raise ImportError("FID-Inception needs `pip install torch-fidelity` (weights come from your local file)") from e
-    from torchmetrics.image.fid import NoTrainInceptionV3
+    from torchmetrics.image.fid import NoTrainInceptionV3  # train extra
 
     net = NoTrainInceptionV3(
         name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights)
@@ -53,8 +53,8 @@ class ReferenceMetrics:
     """FID and KID against one real set whose features are computed once (a sweep scores many systems against it)."""
 
     def __init__(self, real: np.ndarray, space: FeatureSpace, kid_subset: int = 100, seed: int = 0):
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.kid import KernelInceptionDistance
+        from torchmetrics.image.fid import FrechetInceptionDistance  # train extra
+        from torchmetrics.image.kid import KernelInceptionDistance  # train extra
 
         _check_uint8(real)
         if len(real) < 2:

@@ -58,8 +58,11 @@ class ExportConfig(Config):
 
     def check(self) -> None:
         super().check()
-        lists = (("to", self.to, export_targets()), ("precision", self.precision, _all("precisions")),
-                 ("quantizer", self.quantizer, _all("quantizers")))
+        lists = (
+            ("to", self.to, export_targets()),
+            ("precision", self.precision, _all("precisions")),
+            ("quantizer", self.quantizer, _all("quantizers")),
+        )
         for name, values, known in lists:
             if not values:
                 raise ConfigError(f"config field {name!r} (--{name}) needs at least one of {', '.join(known)}", name)

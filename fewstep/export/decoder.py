@@ -14,6 +14,7 @@ from torch import nn
 
 from fewstep.core.manifest import TensorSpec
 from fewstep.export.denoiser import Port, io_specs
+from fewstep.export.targets.onnx import export_graph
 from fewstep.models.diffusers_dir import LatentCodec
 
 
@@ -54,7 +55,6 @@ class TinyImageDecoder(nn.Module):
 
 def export_decoder_onnx(decoder: ImageDecoder | TinyImageDecoder, path: str | Path, max_batch: int = 4096) -> Path:
     """fp32 ONNX graph with a dynamic batch, checked and shape-inferred like the denoiser's."""
-    from fewstep.export.targets.onnx import export_graph
 
     latents = torch.randn(decoder.inputs[0].concrete(2))
     return export_graph(decoder, (latents,), Path(path), ["latents"], ["image"], max_batch=max_batch)

@@ -27,8 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewstep import __version__
+from fewstep.core.sampling_rules import uniform_times
 from fewstep.export.targets.onnx import export_graph
 from fewstep.models.contract import Cond
+from fewstep.models.diffusers_dir import load_pipeline
+from fewstep.models.loading import load_model, model_sha256, resolve_checkpoint
+from fewstep.models.text_encoders import load_text_encoder
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 UNET_TIMESTEPS = 1_000_000  # the UNet families' scheduler scale: first sigma 1 - 1e-6, timesteps exact in float32
@@ -100,7 +105,6 @@ class FlowDenoiserGraph(nn.Module):
 
 def check_exportable(spec: dict) -> str:
     """-> the pipeline family; refuses what a diffusers pipeline + scheduler config cannot reproduce."""
-    from fewstep.core.sampling_rules import uniform_times
 
     te = spec.get("text_encoder", {})
     if "latent" not in spec or te.get("kind") != "diffusers-pipeline":
@@ -136,7 +140,7 @@ def check_exportable(spec: dict) -> str:
 
 def scheduler_for(family: str, steps: int):
     """The diffusers scheduler whose `set_timesteps(steps)` gives sigmas 1, 1 - 1/k, ..., 1/k, 0 (Euler steps)."""
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler  # train extra
 
     if family == "sd3":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, shift_terminal=1.0 / steps), 1000.0
@@ -179,9 +183,6 @@ class OptimumExport:
         self.model_ref, self.out, self.force, self.log = model, Path(out), force, log
 
     def run(self) -> dict:
-        from fewstep import __version__
-        from fewstep.models.diffusers_dir import load_pipeline
-        from fewstep.models.loading import load_model, model_sha256, resolve_checkpoint
 
         path = resolve_checkpoint(self.model_ref)
         model, spec = load_model(path)
@@ -268,7 +269,6 @@ class OptimumExport:
         self.log("  vae_decoder: AutoencoderKL decoder")
 
     def _denoiser(self, model: nn.Module, spec: dict, family: str, scale: float, folder: Path, pipe) -> None:
-        from fewstep.models.text_encoders import load_text_encoder
 
         graph = FlowDenoiserGraph(model, family, scale)
         cond = load_text_encoder(spec["text_encoder"]).encode(["a", "b"])

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fewstep.export.targets.onnx import export_graph
+
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
 
 
@@ -70,7 +72,6 @@ class PipelinePromptGraph(nn.Module):
 
 def export_prompt_graph(graph: PipelinePromptGraph, path) -> None:
     """ONNX graph: int64 token ids (B, L_k) per tokenizer -> text (B, L, D) [+ pooled (B, P)]."""
-    from fewstep.export.targets.onnx import export_graph
 
     ids = graph.token_ids(["a", "b"])
     export_graph(graph, tuple(ids), Path(path), graph.input_names, graph.output_names, max_batch=1024)

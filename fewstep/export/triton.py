@@ -152,8 +152,8 @@ def config_pbtxt(
 
 def _onnx_external_files(path: Path) -> list[str]:
     """Relative locations of an ONNX graph's external weight files (they must sit beside model.onnx)."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
+    import onnx  # export extra
+    from onnx.external_data_helper import uses_external_data  # export extra
 
     try:
         model = onnx.load(str(path), load_external_data=False)

@@ -27,8 +27,8 @@ class CheckpointError(ValueError):
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Atomically write tensors + a JSON-serialisable `meta` dict into one safetensors file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
+    from safetensors import SafetensorError  # train extra
+    from safetensors.torch import save_file  # train extra
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
@@ -55,7 +55,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _read(path: str | Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError, safe_open  # train extra
 
     path = Path(path)
     if not path.is_file():
@@ -93,8 +93,8 @@ def load_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError  # train extra
+        from safetensors.torch import load_file  # train extra
 
         try:
             return load_file(str(path))

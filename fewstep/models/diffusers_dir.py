@@ -19,7 +19,8 @@ from torch import nn
 
 from fewstep.core.fsio import sha256_of
 from fewstep.models.contract import Cond
-from fewstep.models.text_encoders import CachedPromptEncoder
+from fewstep.models.model_kinds import wrap_denoiser
+from fewstep.models.prompt_cache import CachedPromptEncoder
 
 PIPELINES = {
     "StableDiffusionPipeline": "unet",
@@ -102,7 +103,7 @@ def check_pipeline_dir(path: str | Path) -> dict:
 
 @functools.lru_cache(maxsize=2)
 def _load(path: str):
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline  # train extra
 
     index = check_pipeline_dir(path)
     absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
@@ -153,7 +154,7 @@ def _plain(config) -> dict:
 
 def pipeline_spec(path: str | Path) -> dict:
     """The checkpoint-style spec of a pipeline teacher (no weights): kind, denoiser config, latent, sampler."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler  # train extra
 
     root = Path(path).resolve()
     pipe = load_pipeline(root)
@@ -212,7 +213,6 @@ def pipeline_spec(path: str | Path) -> dict:
 
 def pipeline_model(path: str | Path) -> tuple[nn.Module, dict]:
     """(the pipeline's denoiser under the flow contract, its spec); shares the pipeline's modules."""
-    from fewstep.models.model_kinds import wrap_denoiser
 
     spec = pipeline_spec(path)
     pipe = load_pipeline(path)
@@ -304,7 +304,7 @@ def load_codec(spec: dict) -> LatentCodec | None:
     latent = spec.get("latent")
     if latent is None:
         return None
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # train extra
 
     vae_dir = Path(latent["vae"])
     pipeline_root = vae_dir.parent

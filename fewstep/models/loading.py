@@ -22,6 +22,7 @@ from fewstep.models.checkpoint import (
     save_tensors,
 )
 from fewstep.models.diffusers_dir import is_pipeline_dir, pipeline_model, pipeline_spec, source_sha256
+from fewstep.models.lora import adapter_state, add_lora, base_params, fuse_lora, is_adapter_tensor
 from fewstep.models.model_kinds import KINDS, build_model
 
 
@@ -62,8 +63,6 @@ def save_model(path: str | Path, model: torch.nn.Module, spec: dict, dtype: torc
     config (`unet` or `transformer`)."""
     lora = spec.get("lora")
     if lora:  # a LoRA student: the adapter alone; the base model comes from lora["base"]
-        from fewstep.models.lora import adapter_state, base_params
-
         state = adapter_state(model, lora.get("extra", []))
         lora = dict(lora, adapter_params=sum(v.numel() for v in state.values()))
         meta = dict(spec, lora=lora, format=CHECKPOINT_FORMAT, params=base_params(model))
@@ -99,7 +98,6 @@ def load_model(name_or_path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 def _load_lora_student(path: Path, spec: dict, adapter: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Base model + the checkpoint's adapter, fused into a plain network."""
-    from fewstep.models.lora import add_lora, fuse_lora, is_adapter_tensor
 
     lora = spec["lora"]
     where = f"LoRA student {path} needs its base model {lora['base']!r}"

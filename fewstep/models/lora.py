@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from fewstep.core.shipped import SHIPPED
 from fewstep.models.model_kinds import network_key, network_of
 
 # Every linear and conv layer of the attention, feed-forward and residual blocks (LCM-LoRA's choice for SD's UNet;
@@ -25,7 +26,7 @@ LORA_TARGETS = {
 
 
 def lora_config(rank: int, alpha: float, spec: dict):
-    from peft import LoraConfig
+    from peft import LoraConfig  # train extra
 
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1; got {rank}")
@@ -69,6 +70,5 @@ def fuse_lora(model: torch.nn.Module) -> torch.nn.Module:
 
 def base_reference(teacher: str, resolved: Path) -> str:
     """How a student names its base: a shipped name as is, anything else as an absolute path."""
-    from fewstep.models.loading import SHIPPED
 
     return teacher if teacher in SHIPPED else str(Path(resolved).resolve())

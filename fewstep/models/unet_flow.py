@@ -66,6 +66,6 @@ def unet_kwargs(unet: nn.Module, cond: Cond, dtype: torch.dtype) -> dict:
 
 
 def build_unet_flow(unet_config: dict) -> UNetFlowModel:
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # train extra
 
     return UNetFlowModel(UNet2DConditionModel(**unet_config))

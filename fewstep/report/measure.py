@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from fewstep.core.sampling_rules import guidance_mode, resolve_guidance
+from fewstep.models.loading import resolve_checkpoint
+from fewstep.models.pipeline import TorchPipeline
 from fewstep.report.sweep import SweepConfig, Unit
+from fewstep.runtime import Generator
 from fewstep.runtime.bench import cold_start, percentiles, run_probe
 
 
@@ -55,10 +58,8 @@ def _steps_of(sampler: dict, steps: int | None) -> int:
 
 def load_torch(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
     """`cache`: models loaded earlier in this sweep (a teacher at six step counts is read and set up once)."""
-    import torch
-    import transformers
-
-    from fewstep.models.pipeline import TorchPipeline
+    import torch  # train extra
+    import transformers  # train extra
 
     transformers.utils.logging.disable_progress_bar()  # a bar per loaded text encoder would bury the sweep's own
 
@@ -99,7 +100,6 @@ def _method(spec: dict) -> str:
 
 
 def _checkpoint_file(model: str) -> Path | None:
-    from fewstep.models.loading import resolve_checkpoint
 
     try:
         return resolve_checkpoint(model)
@@ -108,7 +108,6 @@ def _checkpoint_file(model: str) -> Path | None:
 
 
 def load_engine(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
-    from fewstep.runtime import Generator
 
     bundle = cfg.resolve(unit.system.bundle, output=True)
     if ("engine", bundle, unit.engine) not in cache:

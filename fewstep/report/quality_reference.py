@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, REFERENCE_SEED, _eval_set, adherence
 from fewstep.evaluation.quality import FeatureSpace, ReferenceMetrics, fid_kid, inception_features, judge_features
@@ -12,8 +13,6 @@ from fewstep.report.sweep import SweepConfig
 
 
 def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
     h, w = size
     return np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.Resampling.BICUBIC)) for im in images])
 

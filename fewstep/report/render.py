@@ -114,11 +114,11 @@ def render_html(result: dict, out: Path, pareto_png: Path | None, side_by_side: 
 
 def plot_pareto(result: dict, path: Path) -> Path | None:
     """Latency (log axis) vs FID and vs adherence, frontiers drawn; torch systems and frontier points labelled."""
-    import matplotlib
-    import matplotlib.ticker
+    import matplotlib  # train extra
+    import matplotlib.ticker  # train extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # train extra
 
     ok = [r for r in result["systems"] if r["status"] == "ok"]
     if not ok:

@@ -18,8 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from fewstep.core.config import from_dict
 from fewstep.core.fsio import atomic_write, atomic_write_text, remove_stale_temps, sha256_of
 from fewstep.core.manifest import Manifest, read_manifest
+from fewstep.export.bundle import BundleExport
+from fewstep.export.config import ExportConfig
+from fewstep.models.loading import resolve_checkpoint
 from fewstep.report.measure import (
     Loaded,
     UnsupportedRequest,
@@ -63,9 +67,6 @@ class Bundles:
                 self.log(f"bundle {path}: {self.errors[path]}")
 
     def _export(self, model: str, path: str, fields: dict) -> None:
-        from fewstep.core.config import from_dict
-        from fewstep.export.bundle import BundleExport
-        from fewstep.export.config import ExportConfig
 
         cfg = from_dict(ExportConfig, fields, source=f"export of {model}")
         self.log(f"export {model} -> {path} ({', '.join(cfg.to)}; reuses what is already there)")
@@ -83,7 +84,6 @@ def artifact_sha(cfg: SweepConfig, unit: Unit, bundles: Bundles) -> str:
         files = next((e.files for e in m.engines if e.id == unit.engine), None)
         reason = next((r.reason for r in m.refused if r.id == unit.engine), None)
         return json.dumps([files, reason, m.text_encoder.sha256])
-    from fewstep.models.loading import resolve_checkpoint
 
     try:
         return sha256_of(resolve_checkpoint(cfg.resolve(unit.system.model)))

@@ -29,12 +29,25 @@ class Job:
     steps: int | None
     guidance: float | None
     negative_prompt: str | None = None
-    future: asyncio.Future | None = None
+    future: asyncio.Future[np.ndarray] | None = None  # set when submitted
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[int | None, float | None, str | None]:
         return (self.steps, self.guidance, self.negative_prompt or None)
+
+    @property
+    def settled(self) -> bool:
+        """Answered, or given up by its client (timeout or disconnect): no more work for it."""
+        return self.future is None or self.future.done()
+
+    def resolve(self, images: np.ndarray) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(images)
+
+    def fail(self, error: BaseException) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(error)
 
 
 @dataclass
@@ -57,7 +70,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
         self.on_batch = on_batch
         self._held: list[Job] = []  # jobs taken from the queue that did not fit the current batch's settings
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._busy = False
 
     @property
@@ -75,12 +88,13 @@ class MicroBatcher:
         """Queue a job (QueueFull at once when full) and wait for its images (uint8 (n, H, W, C))."""
         if len(job.prompts) > self.max_batch:
             raise ValueError(f"at most {self.max_batch} images per request; got {len(job.prompts)}")
-        job.future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        job.future = future
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
             raise QueueFull(f"queue full ({self.queue.maxsize} requests waiting)") from None
-        return await job.future
+        return await future
 
     async def _next(self) -> Job:
         if self._held:
@@ -117,9 +131,9 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._next()
-            if first.future.done():  # the client gave up (timeout or disconnect): costs nothing
+            if first.settled:  # the client gave up (timeout or disconnect): costs nothing
                 continue
-            jobs = [j for j in await self._gather(first) if not j.future.done()]
+            jobs = [j for j in await self._gather(first) if not j.settled]
             if not jobs:
                 continue
             self._busy = True
@@ -130,15 +144,13 @@ class MicroBatcher:
                 images = await loop.run_in_executor(None, self._generate, prompts, seeds, first)
             except Exception as e:  # a bad request inside a batch fails its batch only
                 for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
+                    j.fail(e)
                 self._busy = False
                 continue
             seconds = time.perf_counter() - start
             i = 0
             for j in jobs:
-                if not j.future.done():
-                    j.future.set_result(images[i : i + len(j.prompts)])
+                j.resolve(images[i : i + len(j.prompts)])
                 i += len(j.prompts)
             self._busy = False
             if self.on_batch:

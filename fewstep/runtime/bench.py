@@ -8,13 +8,16 @@ import io
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from fewstep.runtime.generator import Generator
 
@@ -51,20 +54,19 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def bench_batches(gen: Generator, batch_sizes: list[int], runs: int, warmup: int,
-                  prompts: tuple[str, ...] = DEFAULT_PROMPTS) -> list[dict]:  # fmt: skip
+                  prompts: tuple[str, ...] = DEFAULT_PROMPTS) -> list[dict[str, Any]]:  # fmt: skip
     """End-to-end latency per batch size (distinct prompts cached after warm-up, as a server sees repeats)."""
     rows = []
     for b in batch_sizes:
         p = [prompts[i % len(prompts)] for i in range(b)]
-        totals, stages = [], {}
+        totals: list[float] = []
+        stages: dict[str, list[float]] = {}
         for r in range(warmup + runs):
             seeds = list(range(r * b, (r + 1) * b))
             t0 = time.perf_counter()
@@ -126,7 +128,6 @@ def peak_rss_mb() -> float:
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
-    import resource
 
     return round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1
@@ -134,13 +135,13 @@ def peak_rss_mb() -> float:
 
 
 def cold_start(bundle: str | Path, engine: str | None = None, threads: int = 0, memory_mb: int | None = None,
-               runs: int = 10, timeout: float = 300) -> dict:  # fmt: skip
+               runs: int = 10, timeout: float = 300) -> dict[str, Any]:  # fmt: skip
     """A fresh Python process: start -> bundle loaded -> first image, then `runs` batch-1 latencies; peak RSS."""
     return run_probe(_CHILD, [str(bundle), engine or "", str(memory_mb or 0), str(threads), str(runs)], threads,
                      timeout)  # fmt: skip
 
 
-def run_probe(code: str, args: list[str], threads: int, timeout: float) -> dict:
+def run_probe(code: str, args: list[str], threads: int, timeout: float) -> dict[str, Any]:
     """Run a probe script in a fresh Python (argv[1] = its start time) and parse the `FEWSTEP_BENCH {json}` line
     it prints; times are rounded to ms. A probe that dies is {"ok": False, "error": ...}, never an exception."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.cpu_count() or 1))
@@ -149,15 +150,16 @@ def run_probe(code: str, args: list[str], threads: int, timeout: float) -> dict:
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FEWSTEP_BENCH ")), None)
     if line is None:
         return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
-    out = json.loads(line.split(" ", 1)[1])
+    out: dict[str, Any] = json.loads(line.split(" ", 1)[1])
     for k in ("load_s", "first_image_s", "p50_ms"):
         if out.get(k) is not None:
             out[k] = round(out[k], 3)
     return out
 
 
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count()}
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cores": os.cpu_count()}  # fmt: skip
     try:
         text = Path("/proc/cpuinfo").read_text()
         info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))

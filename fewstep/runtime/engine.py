@@ -23,16 +23,26 @@ class BackendUnavailable(UserError, RuntimeError):
 class Engine(Protocol):
     """A loaded engine. `inputs`/`outputs`: {name: TensorSpec (shape with "B" for the batch axis, dtype)}."""
 
-    backend: str
-    inputs: Mapping[str, TensorSpec]
-    outputs: Mapping[str, TensorSpec]
+    # read-only members (properties), so that an engine may hold them in a dict or as a class attribute
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def inputs(self) -> Mapping[str, TensorSpec]: ...
+
+    @property
+    def outputs(self) -> Mapping[str, TensorSpec]: ...
+
     # engines with a batch limit (TensorRT profiles, fixed-shape CoreML) also set `max_batch: int` (rows per call)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def check_inputs(inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec], fixed_batch: int | None = None,
-                 ) -> int:
+def check_inputs(
+    inputs: Mapping[str, np.ndarray],
+    specs: Mapping[str, TensorSpec],
+    fixed_batch: int | None = None,
+) -> int:
     """Validate names, dtypes and shapes against `specs`; -> the batch size. Errors say expected vs got."""
     missing = sorted(set(specs) - set(inputs))
     extra = sorted(set(inputs) - set(specs))
@@ -61,7 +71,7 @@ def check_inputs(inputs: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpe
         raise EngineInputError("engine inputs have an empty batch")
     if fixed_batch is not None and batch != fixed_batch:
         raise EngineInputError(f"this engine was built for batch {fixed_batch}; got batch {batch}")
-    return batch
+    return int(batch)
 
 
 def _fmt(shape: Sequence[int | str]) -> str:

@@ -12,6 +12,7 @@ process (`bench.run_probe`), so the engines it loads leave neither memory nor th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fewstep.core.manifest import BundleError, EngineEntry, read_manifest
 from fewstep.runtime.bench import bench_batches, run_probe
@@ -21,7 +22,7 @@ from fewstep.runtime.registry import engine_order, is_comparison
 
 
 def measure_engines(path: str | Path, batch: int, threads: int | None = None, decoder: str | None = None,
-                    runs: int = 5) -> list[dict]:  # fmt: skip
+                    runs: int = 5) -> list[dict[str, Any]]:  # fmt: skip
     """p50 ms and images/s of `batch`-image `generate` calls (default steps and guidance, PNG encoding
     included), per engine, in the documented priority order; engines that cannot load here get a `skipped`
     reason instead."""
@@ -40,7 +41,7 @@ def measure_engines(path: str | Path, batch: int, threads: int | None = None, de
 
 
 def _measure(path: str | Path, entry: EngineEntry, batch: int, threads: int | None, decoder: str | None,
-             runs: int) -> dict:  # fmt: skip
+             runs: int) -> dict[str, Any]:  # fmt: skip
     try:
         gen = Generator.from_bundle(path, engine=entry.id, threads=threads, decoder=decoder)
     except BackendUnavailable as e:
@@ -50,16 +51,16 @@ def _measure(path: str | Path, entry: EngineEntry, batch: int, threads: int | No
     return {"engine": entry.id, "batch": batch, "ms_per_call": row["p50_ms"], "images_per_s": row["images_per_s"]}
 
 
-def fastest_engine(rows: list[dict]) -> str:
+def fastest_engine(rows: list[dict[str, Any]]) -> str:
     """The engine id with the most images/s among the measured rows."""
     measured = [r for r in rows if "images_per_s" in r]
     if not measured:
         reasons = "; ".join(f"{r['engine']}: {r['skipped']}" for r in rows) or "the bundle lists no engine"
         raise BackendUnavailable(f"no engine of this bundle can run here: {reasons}")
-    return max(measured, key=lambda r: r["images_per_s"])["engine"]
+    return str(max(measured, key=lambda r: r["images_per_s"])["engine"])
 
 
-def format_rows(rows: list[dict]) -> str:
+def format_rows(rows: list[dict[str, Any]]) -> str:
     """One line per engine, for the server's start-up log."""
     lines = []
     for r in rows:
@@ -85,10 +86,11 @@ print("FEWSTEP_BENCH " + json.dumps(out))
 
 
 def measure_in_subprocess(path: str | Path, batch: int, threads: int | None = None, decoder: str | None = None,
-                          runs: int = 5, timeout: float = 300) -> list[dict]:  # fmt: skip
+                          runs: int = 5, timeout: float = 300) -> list[dict[str, Any]]:  # fmt: skip
     """`measure_engines` in a fresh Python process; its errors come back as a BundleError with its message."""
     out = run_probe(_CHILD, [str(path), str(batch), str(threads or 0), decoder or "", str(runs)], threads or 0,
                     timeout)  # fmt: skip
     if not out.get("ok"):
         raise BundleError(f"timing the engines of {path} failed: {out.get('error')}")
-    return out["rows"]
+    rows: list[dict[str, Any]] = out["rows"]
+    return rows

@@ -47,7 +47,7 @@ class Generator:
         backend: str | None = None,
         threads: int | None = None,
         decoder: str | None = None,
-        **engine_options,
+        **engine_options: Any,
     ) -> Generator:
         """Load a bundle (sha256 of every file used is checked); `engine` = an engine id from the manifest,
         `backend` = restrict to one backend; otherwise the first engine in the backends' priority order that loads
@@ -167,7 +167,7 @@ class Generator:
         if limit < rows:
             raise ValueError(f"engine {self.engine_entry.id} takes at most {limit} row(s) per call; CFG needs "
                              f"{rows}: use guidance 1 or re-export with a larger max_batch")  # fmt: skip
-        return min(batch_size, limit // rows)
+        return min(batch_size, int(limit) // rows)
 
     def prepare(self, images: int, guidance: float | None = None) -> None:
         """Get the engine ready for calls of up to `images` images (OpenVINO compiles its static batch sizes

@@ -37,6 +37,7 @@ def euler_np(
         if guidance == 1.0:
             v = velocity(x, np.full(b, t, np.float32), cond)
         else:
+            assert null_cond is not None
             both = velocity(np.concatenate([x, x]), np.full(2 * b, t, np.float32), _cat(null_cond, cond))
             v_uncond, v_cond = both[:b], both[b:]
             v = cfg_combine(v_uncond, v_cond, np.float32(guidance))
@@ -58,7 +59,7 @@ def consistency_np(
     x = noise.astype(np.float32)
     b = x.shape[0]
     for i, t in enumerate(ts):
-        x0 = x0_from_velocity(x, t, velocity(x, np.full(b, t, np.float32), cond))
+        x0: np.ndarray = x0_from_velocity(x, t, velocity(x, np.full(b, t, np.float32), cond))
         if i + 1 < len(ts):
             s = ts[i + 1]
             x = (1 - s) * x0 + s * renoise(i).astype(np.float32)

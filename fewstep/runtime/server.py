@@ -9,6 +9,8 @@ drains what was accepted. The server holds no per-client state, so replicas
 behind a load balancer scale it out. Needs `pip install 'fewstep[serve]'`; never torch.
 """
 
+# no `from __future__ import annotations`: FastAPI resolves the route parameters' annotations at run time,
+# and the request models are local to create_app
 import asyncio
 import base64
 import html
@@ -17,12 +19,15 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
+import numpy as np
+
+from fewstep.core.errors import PromptTooLongError
 from fewstep.runtime.asgi_metrics import RequestMetrics
 from fewstep.runtime.batcher import BatchReport, Job, MicroBatcher, QueueFull
 from fewstep.runtime.bench import png_bytes
 from fewstep.runtime.generator import Generator
-from fewstep.runtime.text import PromptTooLongError
 
 MAX_PROMPT_CHARS = 2000  # long before the token limit; bounds what a request can make the server hold
 MAX_BODY_BYTES = 64 * 1024
@@ -37,8 +42,8 @@ class ServeConfig:
     max_images: int = 4  # n per request
 
 
-def _metrics(registry, max_batch: int):
-    from prometheus_client import Counter, Gauge, Histogram
+def _metrics(registry: Any, max_batch: int) -> dict[str, Any]:
+    from prometheus_client import Counter, Gauge, Histogram  # serve extra
 
     return {
         "requests": Counter(
@@ -68,17 +73,17 @@ class ClientGone(Exception):
     """The client disconnected while its request waited: nobody will read the answer."""
 
 
-async def _disconnected(request) -> None:
+async def _disconnected(request: Any) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(0.05)
 
 
-def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
+def create_app(gen: Generator, config: ServeConfig = ServeConfig()) -> Any:
     """The ASGI app around a loaded Generator."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-    from prometheus_client import CollectorRegistry, generate_latest
-    from pydantic import BaseModel, Field
+    from fastapi import FastAPI, HTTPException, Request  # serve extra
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response  # serve extra
+    from prometheus_client import CollectorRegistry, generate_latest  # serve extra
+    from pydantic import BaseModel, Field  # serve extra
 
     registry = CollectorRegistry()
     metrics = _metrics(registry, config.max_batch)
@@ -129,7 +134,7 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
         if size not in (None, f"{w}x{h}"):
             raise HTTPException(400, f"size must be {w}x{h} (this engine's only size); got {size!r}")
 
-    async def images_or_gone(request: Request, job: Job):
+    async def images_or_gone(request: Request, job: Job) -> np.ndarray:
         """The job's images; ClientGone (job dropped) if the client leaves first; TimeoutError after timeout_s."""
         submit = asyncio.ensure_future(batcher.submit(job))
         watch = asyncio.ensure_future(_disconnected(request))
@@ -145,7 +150,8 @@ def create_app(gen: Generator, config: ServeConfig = ServeConfig()):
             raise ClientGone
         raise TimeoutError
 
-    async def run(request: Request, prompts: list[str], seeds: list[int], steps, guidance, negative) -> list:
+    async def run(request: Request, prompts: list[str], seeds: list[int], steps: int | None, guidance: float | None,
+                  negative: str | None) -> list[bytes]:  # fmt: skip
         if not state["accepting"]:
             raise HTTPException(503, "the server is shutting down", headers={"Retry-After": "1"})
         try:

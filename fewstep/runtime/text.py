@@ -8,12 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from fewstep.core.errors import MissingExtra, install_hint
+from fewstep.core.errors import MissingExtra, PromptTooLongError, install_hint
 from fewstep.core.manifest import TextEncoderEntry, TokenizerEntry, verify_file
-
-
-class PromptTooLongError(ValueError):
-    """A prompt with more tokens than the model was trained on."""
 
 
 class RuntimeTextEncoder:
@@ -62,7 +58,7 @@ class RuntimeTextEncoder:
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be strings; got {type(prompt).__name__}")
         tok, entry = self.tokenizers[which]
-        ids = tok.encode(prompt).ids
+        ids: list[int] = list(tok.encode(prompt).ids)
         limit = entry.max_tokens
         if len(ids) > limit:
             raise PromptTooLongError(
@@ -72,15 +68,15 @@ class RuntimeTextEncoder:
         return ids
 
     def _encode_uncached(self, prompts: list[str]) -> list[dict[str, np.ndarray]]:
-        feeds = {}
+        feeds: dict[str, np.ndarray] = {}
         for k, (_, entry) in enumerate(self.tokenizers):
             n = entry.max_tokens
             ids = np.full((len(prompts), n), entry.pad_id, dtype=np.int64)
             mask = np.zeros((len(prompts), n), dtype=np.int64)
             for i, p in enumerate(prompts):
-                row = self._ids(p, k)
-                ids[i, : len(row)] = row
-                mask[i, : len(row)] = 1
+                token_ids = self._ids(p, k)
+                ids[i, : len(token_ids)] = token_ids
+                mask[i, : len(token_ids)] = 1
             feeds[entry.input] = ids
             if k == 0:
                 feeds["attention_mask"] = mask
@@ -88,7 +84,8 @@ class RuntimeTextEncoder:
         outs = self.session.run(None, {k: v for k, v in feeds.items() if k in names})
         states = outs[0].astype(np.float32)
         text_mask = np.ones(states.shape[:2]) if self.unmasked else feeds["attention_mask"]
-        rows = [{"text": states[i], "text_mask": text_mask[i].astype(np.float32)} for i in range(len(prompts))]
+        rows: list[dict[str, np.ndarray]] = [{"text": states[i], "text_mask": text_mask[i].astype(np.float32)}
+                                             for i in range(len(prompts))]  # fmt: skip
         if "pooled" in self.output_names:
             pooled = outs[self.output_names.index("pooled")].astype(np.float32)
             for i, row in enumerate(rows):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import string
 from pathlib import Path
 
 import torch
+
+from fewstep.models.datasets import make_dataset
 
 IMAGE_SIZE = 32  # decoded images; the tiny VAE downsamples by 4 -> 8x8 latents
 TOKENS = 48  # tokenizer max length (CLIP: 77); shapes captions take at most ~20 tokens here
@@ -22,7 +25,6 @@ TOKENS = 48  # tokenizer max length (CLIP: 77); shapes captions take at most ~20
 @functools.lru_cache(maxsize=1)
 def _words() -> list[str]:
     """Every word of the built-in shapes captions (and the distillation sample prompts)."""
-    from fewstep.models.datasets import make_dataset
 
     ds = make_dataset("shapes", IMAGE_SIZE, 0, 3000, None)
     text = " ".join(ds.caption(i) for i in range(3000)) + " a red circle large blue square white background green"
@@ -33,7 +35,7 @@ def _words() -> list[str]:
 def _clip_tokenizer(out: Path):
     """A CLIP BPE tokenizer (real CLIPTokenizer code) whose merges make each shapes-caption word one token;
     other text falls back to characters."""
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # train extra
 
     out.mkdir(parents=True, exist_ok=True)
     chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
@@ -57,7 +59,7 @@ def _clip_tokenizer(out: Path):
 
 
 def _clip_config(vocab_size: int, hidden: int = 32, projection: int = 32):
-    from transformers import CLIPTextConfig
+    from transformers import CLIPTextConfig  # train extra
 
     return CLIPTextConfig(
         vocab_size=vocab_size,
@@ -74,7 +76,7 @@ def _clip_config(vocab_size: int, hidden: int = 32, projection: int = 32):
 
 
 def _vae(scaling_factor: float = 0.18215, shift_factor: float | None = None):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # train extra
 
     return AutoencoderKL(
         in_channels=3,
@@ -93,7 +95,7 @@ def _vae(scaling_factor: float = 0.18215, shift_factor: float | None = None):
 
 def _ddim(prediction_type: str):
     """SD's DDIM scheduler config (clip_sample off: the flow-time parity tests need the raw update)."""
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler  # train extra
 
     return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                          set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)  # fmt: skip
@@ -106,8 +108,8 @@ _UNET = dict(sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, block_o
 
 def tiny_sd_pipeline(out: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """An SD 1.x/2.x-style pipeline (UNet eps- or v-prediction, DDIM scheduler, CLIP, VAE) in `out`."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel  # train extra
+    from transformers import CLIPTextModel  # train extra
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**_UNET, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -132,8 +134,8 @@ def tiny_sd_pipeline(out: str | Path, prediction_type: str = "epsilon", seed: in
 
 def tiny_sdxl_pipeline(out: str | Path, seed: int = 0) -> Path:
     """An SDXL-style pipeline (UNet with pooled text + size/crop time ids, two CLIP encoders, DDIM, VAE) in `out`."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel  # train extra
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection  # train extra
 
     torch.manual_seed(seed)
     time_dim, pooled = 8, 32
@@ -167,8 +169,8 @@ def tiny_sdxl_pipeline(out: str | Path, seed: int = 0) -> Path:
 def _t5_tokenizer():
     """A T5 tokenizer (SentencePiece-style Unigram with `▁` word marks and a closing `</s>`, T5's ids for pad, eos
     and unk) whose vocabulary holds each shapes-caption word as one piece; other text falls back to characters."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors  # runtime extra
+    from transformers import T5TokenizerFast  # train extra
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
     pieces += [("▁" + w, -1.0) for w in _words()]
@@ -182,7 +184,7 @@ def _t5_tokenizer():
 
 
 def _t5_encoder(vocab_size: int, width: int):
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel  # train extra
 
     return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
                                    num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=32,
@@ -192,8 +194,12 @@ def _t5_encoder(vocab_size: int, width: int):
 def tiny_sd3_pipeline(out: str | Path, seed: int = 0, shift: float = 3.0, t5: bool = False) -> Path:
     """An SD3-style flow-matching pipeline (SD3Transformer2DModel, two CLIP encoders, with `t5` a T5 encoder as
     the third, VAE) in `out`. Without T5 the pipeline feeds zeros in its place, as SD3 does."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection
+    from diffusers import (  # train extra
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection  # train extra
 
     torch.manual_seed(seed)
     # SD3 joins the two CLIP states on the feature axis (32 + 32) and pads them to the joint width
@@ -229,6 +235,5 @@ def tiny_sd3_pipeline(out: str | Path, seed: int = 0, shift: float = 3.0, t5: bo
 
 
 def _rm_tree(path: Path) -> None:
-    import shutil
 
     shutil.rmtree(path, ignore_errors=True)

@@ -91,7 +91,7 @@ def describe(path: str | Path) -> dict:
     the bytes of its stored arrays at their declared bit width, and the elements of the weight it expands to.
     """
     ct = _coremltools()
-    from coremltools.converters.mil.frontend.milproto.load import load as load_mil
+    from coremltools.converters.mil.frontend.milproto.load import load as load_mil  # export extra
 
     path = Path(path)
     if not path.is_dir():
@@ -114,7 +114,7 @@ def describe(path: str | Path) -> dict:
 
 def _coremltools() -> Any:
     try:
-        import coremltools
+        import coremltools  # export extra
     except ImportError as e:
         raise ImportError(f"CoreML export needs coremltools ({e}): pip install 'fewstep[export]'") from e
     return coremltools
@@ -149,7 +149,7 @@ def _forget_dead_context() -> None:
 def _fingerprint(module: Any) -> tuple:
     """Which tensors the module holds, their version counters (bumped by optimizer steps, copy_) and sums (which
     also catch writes through `.data`, which bypass the counter); cheap next to a conversion."""
-    import torch
+    import torch  # train extra
 
     with torch.no_grad():
         return tuple(
@@ -160,7 +160,7 @@ def _fingerprint(module: Any) -> tuple:
 
 def _convert(ct: Any, denoiser: Any, batch: int, compute: str, target_name: str) -> Any:
     """torch.export -> ML program, inputs named after the denoiser's specs, the output named "v"."""
-    import torch
+    import torch  # train extra
 
     target = _target(ct, target_name)
     args = denoiser.example_inputs(batch)
@@ -181,7 +181,7 @@ def _convert(ct: Any, denoiser: Any, batch: int, compute: str, target_name: str)
 
 def _compress(ct: Any, base: Any, precision: str, threshold: int) -> Any:
     """A new model (the cached base is never modified): compressed weights, or the base's spec as is."""
-    import coremltools.optimize.coreml as cto
+    import coremltools.optimize.coreml as cto  # export extra
 
     mlmodel = ct.models.MLModel(base.get_spec(), weights_dir=base.weights_dir, skip_model_load=True)
     if precision == "int8w":
@@ -202,7 +202,7 @@ def _save(mlmodel: Any, path: Path) -> None:
 
 
 def _feature(feature: Any) -> dict:
-    from coremltools.proto import FeatureTypes_pb2
+    from coremltools.proto import FeatureTypes_pb2  # export extra
 
     kind = feature.type.WhichOneof("Type")
     if kind != "multiArrayType":

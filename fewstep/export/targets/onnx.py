@@ -24,7 +24,7 @@ MAX_BATCH = 4096
 
 def _need_onnx():
     try:
-        import onnx
+        import onnx  # export extra
     except ImportError as e:
         raise ImportError("ONNX export needs `pip install 'fewstep[export]'` (onnx, onnxscript, onnxruntime)") from e
     return onnx
@@ -41,7 +41,7 @@ def export_graph(module, args: tuple, path: Path, input_names: list[str], output
                  max_batch: int = MAX_BATCH) -> Path:  # fmt: skip
     """`torch.onnx.export` (dynamo) of any graph fewstep writes: dim 0 of every non-scalar input is one dynamic
     batch (up to `max_batch`), then `finish_onnx`. `args` are example inputs with a batch of at least 2."""
-    import torch
+    import torch  # train extra
 
     _need_onnx()
     batch = torch.export.Dim("batch", min=1, max=max_batch)
@@ -77,7 +77,7 @@ def strip_metadata(model):
 def to_fp16(src: Path, dst: Path) -> Path:
     """Weights and compute in fp16, inputs and outputs kept fp32 (the runtime feeds float32 everywhere)."""
     onnx = _need_onnx()
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16  # export extra
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(model, str(dst))
@@ -100,7 +100,7 @@ def quantize_nncf(
     zero points 0 (NNCF's PERFORMANCE preset), which TensorRT's explicit quantization requires."""
     onnx = _need_onnx()
     try:
-        import nncf
+        import nncf  # export extra
     except ImportError as e:
         raise ImportError("int8 quantization with NNCF needs `pip install 'fewstep[export]'` (nncf)") from e
     nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the export log
@@ -152,7 +152,7 @@ class _Reader:
 
 def quantize_ort(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]], keep_float: list[str]) -> dict:
     """ONNX Runtime static quantization (QDQ): u8 activations x s8 weights per channel (ORT's fast CPU pair)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # export extra
 
     prepared = dst.with_name(dst.name + ".prep.onnx")
     try:

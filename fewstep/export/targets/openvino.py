@@ -12,7 +12,7 @@ from fewstep.export.targets.onnx import sensitive_nodes, shared_fp32
 
 def _need_openvino():
     try:
-        import openvino as ov
+        import openvino as ov  # export extra
     except ImportError as e:
         raise ImportError("OpenVINO export needs `pip install 'fewstep[export]'` (openvino, nncf)") from e
     return ov
@@ -24,8 +24,8 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
     model = ov.convert_model(str(fp32))  # keeps the dynamic batch
     info: dict = {"openvino": ov.get_version(), "from": "onnx"}
     if precision in ("int8", "int8w"):
-        import nncf
-        import onnx
+        import nncf  # export extra
+        import onnx  # export extra
 
         nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the export log
         if precision == "int8":

@@ -61,7 +61,7 @@ class TensorRTParseError(ValueError):
 
 
 def _load_graph(model_or_path):
-    import onnx
+    import onnx  # export extra
 
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
@@ -116,7 +116,7 @@ def check_for_tensorrt(path) -> None:
 def qdq_problems(onnx_model_or_path) -> list[str]:
     """Why a graph cannot become a TensorRT int8 engine: no Q/DQ nodes at all, or zero points that are not int8
     zeros (TensorRT quantization is symmetric and signed; operators.md: Q/DQ zero points must be 0)."""
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # export extra
 
     model = _load_graph(onnx_model_or_path)
     consts = {t.name: t for t in model.graph.initializer}
@@ -143,7 +143,7 @@ def qdq_problems(onnx_model_or_path) -> list[str]:
 
 def _tensorrt():
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # gpu extra
     except ImportError as e:
         raise ImportError(
             "TensorRT export needs an NVIDIA GPU and the `tensorrt` package: pip install 'fewstep[gpu]' "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from fewstep.export.context import Artifact, ExportContext
+from fewstep.models.loading import save_model
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -19,7 +20,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 def export(ctx: ExportContext, precision: str) -> Artifact:
     if not ctx.spec:
         raise ValueError("torch export needs the model's spec (ExportContext.spec) to rebuild the network")
-    from fewstep.models.loading import save_model
 
     spec = {k: v for k, v in ctx.spec.items() if k != "lora"}  # the network is fused; save_model sets the rest
     path = ctx.out_dir / f".denoiser.torch-{precision}.tmp.safetensors"

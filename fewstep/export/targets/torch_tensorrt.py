@@ -25,7 +25,7 @@ FORMATS = {"torchscript": "ts", "exported_program": "ep"}
 
 def _torch_tensorrt():
     try:
-        import torch_tensorrt
+        import torch_tensorrt  # gpu extra
     except ImportError as e:
         raise ImportError(
             "Torch-TensorRT export needs an NVIDIA GPU and `torch-tensorrt` matching your CUDA torch: "
@@ -38,7 +38,7 @@ def export_program(module, examples: tuple, max_batch: int):
     """`torch.export` of the denoiser (or its `HalfIO`) with one batch `Dim` shared by every input, given by
     position: the forward's optional inputs are named extra1..3, not pooled / extra_ids / guidance. Runs on any
     device (tested on CPU); Torch-TensorRT compiles the result."""
-    import torch
+    import torch  # train extra
 
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     return torch.export.export(module, examples, dynamic_shapes=tuple({0: batch} for _ in examples))
@@ -49,7 +49,7 @@ def compile_denoiser(ctx: ExportContext, precision: str):
 
     The module is exported first with one shared `torch.export.Dim` for the batch of every input (the
     documented explicit-dynamic-shapes route), so torch.export never sees unrelated per-input batch symbols."""
-    import torch
+    import torch  # train extra
 
     torch_trt = _torch_tensorrt()
     opt, top = int(ctx.options.get("opt_batch", 1)), int(ctx.max_batch)

@@ -6,6 +6,7 @@ validated when it is opened, so that a bad file is named before hours of trainin
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -89,7 +90,6 @@ class ImageFolderDataset:
 
     def fingerprint(self) -> str:
         """sha256 over metadata.jsonl and every image's name, size and mtime."""
-        import hashlib
 
         h = hashlib.sha256((self.root / "metadata.jsonl").read_bytes())
         for f in self.files:
