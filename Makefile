@@ -24,7 +24,7 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -q -m "not slow" -n 2
+	$(PY) -m pytest -q -m "not slow"
 
 # ruff (lint + format), the import layers (import-linter, contracts in pyproject.toml) and mypy (strict on the
 # shared basics and the runtime)

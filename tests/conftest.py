@@ -63,3 +63,45 @@ def random_cond(batch: int, seed: int = 0):
     mask = torch.ones(batch, TOKENS)
     mask[:, -2:] = 0
     return Cond(torch.randn(batch, TOKENS, TEXT_DIM, generator=g), mask)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_files(tmp_path_factory):
+    """(teacher checkpoint, student config json, pair cache dir) of the tiny distillation teacher, built once per
+    session; read it, do not change it (`tiny_teacher` gives a private copy)."""
+    from tests.distill_fixtures import make_tiny_teacher
+
+    return make_tiny_teacher(tmp_path_factory.mktemp("tiny-teacher"))
+
+
+@pytest.fixture
+def tiny_teacher(tiny_teacher_files, tmp_path):
+    """A private copy of the tiny teacher and its pairs, for a test that moves or damages them."""
+    import shutil
+
+    teacher, student, pairs = tiny_teacher_files
+    root = tmp_path / "tiny-teacher"
+    root.mkdir()
+    shutil.copyfile(teacher, root / teacher.name)
+    shutil.copyfile(student, root / student.name)
+    shutil.copytree(pairs, root / pairs.name)
+    return root / teacher.name, root / student.name, root / pairs.name
+
+
+@pytest.fixture(scope="session")
+def served_bundle(tmp_path_factory):
+    """A one-engine (ONNX fp32) bundle of a tiny CFG model, exported once per session; read it, do not change it."""
+    from fewstep.export.bundle import BundleExport
+    from fewstep.export.config import ExportConfig
+    from fewstep.models.loading import save_model
+    from fewstep.models.unet_flow import build_unet_flow
+    from tests.distill_fixtures import TINY_TEACHER
+
+    root = tmp_path_factory.mktemp("served")
+    torch.manual_seed(1)
+    ckpt = root / "tiny.safetensors"
+    cfg_sampler = {"rule": "euler", "timesteps": [1.0, 0.5, 0.0], "guidance": {"mode": "cfg", "default_scale": 3.0}}
+    save_model(ckpt, build_unet_flow(TINY_TEACHER), tiny_spec(TINY_TEACHER, name="tiny-cfg", sampler=cfg_sampler))
+    cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=2, max_batch=8)
+    BundleExport(str(ckpt), root / "b", cfg, "test", log=lambda _m: None).run()
+    return root / "b"

@@ -168,12 +168,11 @@ def test_demo_sweep_covers_the_chain_and_stages_are_reused(tmp_path, capsys):
     assert "reused" in capsys.readouterr().out
 
 
-def test_resume_continues_from_the_runs_saved_config(tmp_path, capsys):
+def test_resume_continues_from_the_runs_saved_config(tmp_path, capsys, tiny_teacher_files):
     """`--resume --out RUN` needs no flag of the first run again; --steps may grow, weight-shaping settings may not."""
     from fewstep.models.checkpoint import read_meta
-    from tests.distill_fixtures import make_tiny_teacher
 
-    teacher, student, pairs = make_tiny_teacher(tmp_path)
+    teacher, student, pairs = tiny_teacher_files
     run = tmp_path / "run"
     first = ["distill", "reflow", "--teacher", str(teacher), "--student", str(student), "--init", "sliced",
              "--pairs", str(pairs), "--batch-size", "4", "--warmup-steps", "1", "--sample-every", "0",

@@ -13,7 +13,7 @@ from fewstep.models.checkpoint import CheckpointError
 from fewstep.models.loading import load_model, model_sha256, model_spec, resolve_checkpoint
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.models.unet_flow import build_unet_flow
-from tests.distill_fixtures import TINY_STUDENT, TINY_TEACHER, make_tiny_teacher
+from tests.distill_fixtures import TINY_STUDENT, TINY_TEACHER
 
 EXTRA = {
     "progressive": {"start_steps": 4, "student_steps": 1},
@@ -24,8 +24,8 @@ EXTRA = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_teacher(tmp_path_factory.mktemp("tiny"))
+def tiny(tiny_teacher_files):
+    return tiny_teacher_files
 
 
 def _cfg(tiny, method: str, steps: int = 4, **kw) -> DistillConfig:
@@ -42,6 +42,7 @@ def _weights(path) -> dict[str, torch.Tensor]:
     return load_model(path)[0].state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", method_names())
 def test_method_round_trips_resumes_exactly_and_generates(tiny, tmp_path, method):
     full = distill(_cfg(tiny, method), tmp_path / "full", progress=False)
@@ -90,6 +91,7 @@ def test_multi_stage_methods_resume_a_killed_stage(tiny, tmp_path, method, monke
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_student_schedules_and_guidance_modes(tiny, tmp_path):
     cons = load_model(distill(_cfg(tiny, "consistency"), tmp_path / "c", progress=False))[1]
     assert cons["sampler"]["rule"] == "consistency" and cons["sampler"]["timesteps"] == [1.0, 0.5]

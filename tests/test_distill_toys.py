@@ -159,6 +159,7 @@ def test_flow_guided_k_steps_walks_the_students_own_path():
         FlowGuidedLoss(ToyMLP(), tau_range=(0.5, 1.0))
 
 
+@pytest.mark.slow
 def test_slimflow_k_step_stage_two_improves_its_own_step_count(tmp_path):
     """Stage 2 with k = 2 lowers the 2-step error of the stage-1 student and beats the one-step stage 2 at 2 steps."""
     teacher = MixtureFlow()
@@ -272,8 +273,10 @@ def _spread(x: torch.Tensor) -> float:
     return float(torch.cdist(x.flatten(1), MEANS).min(1).values.mean())
 
 
+@pytest.mark.slow
 def test_dmd_with_regression_covers_both_modes(tmp_path):
-    """DMD paper, Figure 3: the regression loss on pairs keeps both modes of a two-mode target."""
+    """DMD paper, Figure 3: with the regression loss on pairs the generator keeps both modes of a two-mode target;
+    so does pure distribution matching (DMD2's reg 0, five fake updates per step) on this easy one."""
     teacher = MixtureFlow()
     torch.manual_seed(0)
     fake = ToyMLP()
@@ -291,11 +294,13 @@ def test_dmd_with_regression_covers_both_modes(tmp_path):
         eps, cond = _held_out()
         x = (eps - gen(eps, torch.ones(len(eps)), cond)).flatten(1)
         results[reg] = (_mode_balance(x), _spread(x))
-        assert decreased(losses) or reg == 0.0
-    balance, spread = results[0.25]
-    assert 0.3 < balance < 0.7, results  # both modes
-    assert spread < 0.6, results  # on the modes (std 0.3: 0.38 for exact samples; 1.5 for the untrained x = eps)
-    # without the regression loss DMD *may* collapse (it does not on this easy target; measured, not asserted)
+        if reg > 0:  # the regression loss is a real objective; DMD's surrogate loss need not decrease
+            assert decreased(losses)
+    for balance, spread in results.values():
+        assert 0.3 < balance < 0.7, results  # both modes
+        assert spread < 0.6, results  # on the modes (std 0.3: 0.38 for exact samples; 1.5 for the untrained x = eps)
+    # DMD2 without regression (reg 0) keeps both modes on this easy target too: measured 0.48 / 0.50 (with
+    # regression 0.49 / 0.47); on harder targets the paper reports mode collapse without it
 
 
 def test_dmd_multistep_backward_simulation_is_the_generators_own_consistency_sampling():
@@ -317,6 +322,7 @@ def test_dmd_multistep_backward_simulation_is_the_generators_own_consistency_sam
             DMDLoss(MixtureFlow(), NULL, fake=ToyMLP(), times=bad)
 
 
+@pytest.mark.slow
 def test_dmd_multistep_generator_samples_both_modes_with_its_consistency_sampler(tmp_path):
     """A 2-step DMD2 generator (backward simulation) lands on both modes when sampled with the consistency rule
     it declares, its second step brings the samples closer to the modes (spread 0.48 -> 0.41; exact samples

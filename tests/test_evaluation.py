@@ -35,6 +35,7 @@ def _noise(images: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(images + rng.normal(0, sigma, images.shape), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_fid_grows_with_degradation_and_real_sets_are_close(space):
     real_a, real_b = _real(100, 400), _real(101, 400)
     floor = fid_kid(real_a, real_b, space)["fid"]
@@ -89,6 +90,7 @@ def test_settings_parse_and_count_evaluations():
         Setting.parse("euler-4")
 
 
+@pytest.mark.slow
 def test_reference_metrics_reuse_real_features_and_match_fid_kid(space):
     """A sweep scores many systems against one real set: its features are computed once, with the same numbers."""
     from fewstep.evaluation.quality import ReferenceMetrics

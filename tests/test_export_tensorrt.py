@@ -203,6 +203,7 @@ def test_qdq_graphs_must_be_symmetric_int8():
     assert "not explicitly quantized" in qdq_problems(_plain_model())[0]
 
 
+@pytest.mark.slow
 def test_export_errors_name_the_fix(denoiser, tmp_path):
     import onnx
 

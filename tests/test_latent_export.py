@@ -29,6 +29,7 @@ def pipeline(request, tmp_path_factory):
     return tiny_sd_pipeline(root / "p", "epsilon" if request.param == "sd-eps" else "v_prediction")
 
 
+@pytest.mark.slow
 def test_latent_denoiser_onnx_matches_torch(pipeline, tmp_path):
     """VP UNets (the flow adapter's time table and scalings are in the graph) and SD3 transformers export."""
     model, spec = load_model(pipeline)
@@ -48,6 +49,7 @@ def test_latent_denoiser_onnx_matches_torch(pipeline, tmp_path):
         np.testing.assert_allclose(got, ref, atol=1e-4 * max(1.0, np.abs(ref).max()), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_vae_decoder_onnx_matches_torch(pipeline, tmp_path):
     _, spec = load_model(pipeline)
     codec = load_codec(spec)
@@ -61,6 +63,7 @@ def test_vae_decoder_onnx_matches_torch(pipeline, tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
     """Distil -> export (denoiser, prompt graph over every text encoder, VAE decoder) -> the runtime, with torch,
     diffusers and transformers unimportable, gives the torch student's images."""
@@ -99,6 +102,7 @@ def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
     assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_prompt_graph_equals_encode_prompt(pipeline, tmp_path):
     """The pipeline's text encoders, combined as diffusers' `encode_prompt` does, from token ids: exact in torch,
     to 1e-5 in ONNX Runtime."""
@@ -123,6 +127,7 @@ def test_prompt_graph_equals_encode_prompt(pipeline, tmp_path):
     np.testing.assert_allclose(got[0], ref.text.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sdxl_teacher_bundle_cfg_uses_zeros_for_the_empty_prompt(tmp_path):
     """SDXL forces zeros for the unconditional branch and adds constant size/crop ids: the runtime's CFG
     teacher bundle must do both to match the torch teacher."""

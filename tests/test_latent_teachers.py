@@ -136,6 +136,7 @@ PAIR_METHODS = ("reflow", "instaflow", "slimflow", "dmd")
         ("epsilon", ("slimflow", "instaflow", "consistency", "dmd")),
     ],
 )
+@pytest.mark.slow
 def test_latent_distillation(pipelines, tmp_path, teacher, methods):
     """Students of a pipeline teacher train in latents with every method (pairs in latents too), keep the teacher's
     kind and VAE, and decode to images."""

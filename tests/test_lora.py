@@ -12,7 +12,7 @@ from fewstep.models.loading import load_model
 from fewstep.models.lora import add_lora
 from fewstep.models.model_kinds import build_model
 from fewstep.testing.tiny_pipelines import tiny_sd_pipeline
-from tests.distill_fixtures import distill_tiny, make_tiny_teacher
+from tests.distill_fixtures import distill_tiny
 
 pytest.importorskip("peft")
 
@@ -68,6 +68,7 @@ def test_lora_guidance_student_holds_adapters_only_and_fuses_exactly(sd_pipe, tm
         np.testing.assert_allclose(fused(x, t, cond).numpy(), unfused(x, t, cond).numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lora_student_resumes_like_an_uninterrupted_run(sd_pipe, tmp_path):
     whole = distill_tiny(sd_pipe, tmp_path / "whole", "progressive", start_steps=4, student_steps=2, steps=4, **LORA)
     distill_tiny(sd_pipe, tmp_path / "cut", "progressive", start_steps=4, student_steps=2, steps=2, **LORA)
@@ -79,8 +80,8 @@ def test_lora_student_resumes_like_an_uninterrupted_run(sd_pipe, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
-def test_lora_progressive_rounds_chain_their_bases(tmp_path):
-    teacher, _, _ = make_tiny_teacher(tmp_path)
+def test_lora_progressive_rounds_chain_their_bases(tmp_path, tiny_teacher):
+    teacher, _, _ = tiny_teacher
     path = distill_tiny(teacher, tmp_path / "p", "progressive", start_steps=4, student_steps=1, **LORA)
     spec = load_tensors(path)[1]
     assert spec["lora"]["base"].endswith("round1_4to2/model.safetensors")  # round 2 adapts round 1's student
@@ -88,8 +89,8 @@ def test_lora_progressive_rounds_chain_their_bases(tmp_path):
     assert not any("lora_" in k for k in model.state_dict())
 
 
-def test_lora_base_missing_or_changed_is_named(tmp_path):
-    teacher, _, _ = make_tiny_teacher(tmp_path)
+def test_lora_base_missing_or_changed_is_named(tmp_path, tiny_teacher):
+    teacher, _, _ = tiny_teacher
     path = distill_tiny(teacher, tmp_path / "r", "guidance", student_steps=2, **LORA)
     moved = teacher.with_name("moved.safetensors")
     teacher.rename(moved)
@@ -113,8 +114,8 @@ def test_lora_needs_the_teachers_network(tmp_path):
         make_config("reflow", student="same", lora_rank=-1)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
-    teacher, _, _ = make_tiny_teacher(tmp_path)
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, tiny_teacher):
+    teacher, _, _ = tiny_teacher
     grads = []
     for checkpointing in (False, True):
         model, spec = load_model(teacher)
@@ -140,13 +141,14 @@ def test_8bit_optimizer_is_refused_off_gpu():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes' 8-bit AdamW needs a CUDA GPU (none here)")
-def test_8bit_optimizer_trains_on_gpu(tmp_path):
+def test_8bit_optimizer_trains_on_gpu(tmp_path, tiny_teacher):
     pytest.importorskip("bitsandbytes")
-    teacher, _, _ = make_tiny_teacher(tmp_path)
+    teacher, _, _ = tiny_teacher
     path = distill_tiny(teacher, tmp_path / "b", "guidance", student_steps=2, device="cuda", optimizer="adamw8bit")
     assert load_model(path)[1]["training"]["config"]["optimizer"] == "adamw8bit"
 
 
+@pytest.mark.slow
 def test_lora_transformer_student_exports_fused(tmp_path):
     """SD3-style transformer: adapters on the joint-attention projections; the bundle holds the fused network."""
     import onnx

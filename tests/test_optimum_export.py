@@ -56,6 +56,7 @@ def exported(request, tmp_path_factory):
     return SimpleNamespace(family=request.param, out=out, student=torch_student, ref=ref, root=root)
 
 
+@pytest.mark.slow
 def test_layout_is_optimums(exported):
     denoiser, names, output = INPUTS[exported.family]
     index = json.loads((exported.out / "model_index.json").read_text())
@@ -73,6 +74,7 @@ def test_layout_is_optimums(exported):
     assert not list(exported.root.glob(".optimum.partial"))
 
 
+@pytest.mark.slow
 def test_written_scheduler_and_graphs_reproduce_the_student(exported):
     """The directory's scheduler (diffusers, from its config) and graphs, stepped the way diffusers' pipelines step
     them, give the torch student's images: the schedule is the student's to 1e-6, every update Euler's."""
@@ -104,13 +106,17 @@ def test_written_scheduler_and_graphs_reproduce_the_student(exported):
     assert np.abs(got - exported.ref.astype(int)).max() <= 1
 
 
-def _optimum_python() -> Path:
-    given = os.environ.get("FEWSTEP_OPTIMUM_PYTHON")  # an interpreter that has optimum-onnx, if not .venv-optimum
+def _optimum_python() -> Path | None:
+    """An interpreter that has optimum-onnx: FEWSTEP_OPTIMUM_PYTHON, else a built .venv-optimum, else None."""
+    given = os.environ.get("FEWSTEP_OPTIMUM_PYTHON")
     python = Path(given) if given else REPO / ".venv-optimum" / "bin" / "python"
     if not python.is_file() or not (given or (REPO / ".venv-optimum" / ".installed").is_file()):
-        pytest.skip("no optimum-onnx environment (.venv-optimum): `FEWSTEP_INSTALL_OPTIMUM=1 make test` or "
-                    "`CI=1 bash scripts/install_optimum_env.sh` builds it (it needs PyPI)")  # fmt: skip
+        return None
     return python
+
+
+NO_OPTIMUM = ("no optimum-onnx environment (.venv-optimum): `FEWSTEP_INSTALL_OPTIMUM=1 make test` or "
+              "`CI=1 bash scripts/install_optimum_env.sh` builds it (it needs PyPI)")  # fmt: skip
 
 
 PROBE = """
@@ -128,10 +134,13 @@ print(type(pipe).__name__, type(pipe.scheduler).__name__, pipe.scheduler.sigmas.
 """
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(_optimum_python() is None, reason=NO_OPTIMUM)  # decided before the exports are built
 def test_optimum_ort_diffusion_pipeline_runs_the_directory(exported):
     """optimum-onnx 0.1.0 (transformers 4.57, diffusers 0.39) loads the directory with no fewstep installed, encodes
     the prompts with the written tokenizers and text encoders, and gives the torch student's images."""
     python = _optimum_python()
+    assert python is not None
     noise = exported.root / "noise.npy"
     np.save(noise, seeded_noise(SEEDS, exported.student.shape).numpy())
     result = exported.root / "optimum_images.npy"

@@ -334,9 +334,9 @@ CASES = [
     (
         "batch size 10^9",
         _flags("distill", "guidance", "--teacher", "CKPT", "--batch-size", "1000000000", "--out", "TMP/o"),
-        "batch_size must be <=",
+        "'batch_size' (--batch-size) must be <= 65536",
     ),
-    ("pairs n 0", _flags("pairs", "--teacher", "CKPT", "--n", "0", "--out", "TMP/o"), "must all be >= 1"),
+    ("pairs n 0", _flags("pairs", "--teacher", "CKPT", "--n", "0", "--out", "TMP/o"), "'n' (--n) must be >= 1"),
     ("lr negative", _flags("train-teacher", "--lr", "-1", "--out", "TMP/o"), "lr"),
     ("threads 0", _flags("generate", "CKPT", "--prompt", "x", "--threads", "0"), "threads"),
     ("threads -1 (serve)", _flags("serve", "BUNDLE", "--threads", "-1"), "threads"),

@@ -15,15 +15,14 @@ import pytest
 import torch
 
 from fewstep.models.checkpoint import load_tensors, read_meta
-from tests.distill_fixtures import make_tiny_teacher
 from tests.kill_harness import KILLS, check_outputs, is_temp, kill_repeatedly, run, run_ok
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_teacher(tmp_path_factory.mktemp("kill9"))
+def tiny(tiny_teacher_files):
+    return tiny_teacher_files
 
 
 def _same_tensors(a, b, atol: float = 0.0) -> None:
@@ -84,7 +83,7 @@ def test_two_stage_distillation_survives_kill9(tiny, tmp_path):
     teacher, student, pairs = (str(p) for p in tiny)
     args = ["distill", "slimflow", "--teacher", teacher, "--pairs", pairs, "--student", student, "--steps", "30",
             "--anneal-steps", "10", "--stage2-steps", "20", "--batch-size", "4", "--checkpoint-every", "4",
-            "--sample-every", "1000", "--dataset-size", "32", "--threads", "1", "--no-progress"]  # fmt: skip
+            "--sample-every", "1000", "--threads", "1", "--no-progress"]  # fmt: skip
     duration = run_ok([*args, "--out", str(tmp_path / "ref")])
     out = tmp_path / "killed"
     log = kill_repeatedly([*args, "--out", str(out)], [*args, "--out", str(out), "--resume"], duration, out, seed=3)

@@ -75,6 +75,7 @@ def first_run(sweep_dir):
     return run_report(load_sweep(sweep_dir / "sweep.yaml"), sweep_dir / "out", progress=False, log=lambda _m: None)
 
 
+@pytest.mark.slow
 def test_tiny_sweep_writes_every_output_with_consistent_numbers(first_run, sweep_dir):
     out = sweep_dir / "out"
     for name in ("results.json", "report.md", "report.html", "pareto.png", "samples_side_by_side.png"):
@@ -109,6 +110,7 @@ def test_tiny_sweep_writes_every_output_with_consistent_numbers(first_run, sweep
     assert side.size[1] >= len(ok) * 16 * 4  # a row per system
 
 
+@pytest.mark.slow
 def test_broken_systems_are_reported_not_fatal(first_run):
     by_id = {r["id"]: r for r in first_run["systems"]}
     assert by_id["missing_torch_1step"]["status"] == "failed"
@@ -117,6 +119,7 @@ def test_broken_systems_are_reported_not_fatal(first_run):
     assert "steps" in by_id["tiny_torch_2000step"]["reason"]
 
 
+@pytest.mark.slow
 def test_rerun_reuses_measured_systems_and_retries_failures(first_run, sweep_dir):
     from fewstep.report.run import run_report
 
@@ -129,6 +132,7 @@ def test_rerun_reuses_measured_systems_and_retries_failures(first_run, sweep_dir
             assert new["measured_at"] == old["measured_at"] and new["fid"] == old["fid"]
 
 
+@pytest.mark.slow
 def test_a_broken_engine_is_a_row_of_the_report(first_run, sweep_dir, tmp_path):
     from fewstep.report.run import run_report
 

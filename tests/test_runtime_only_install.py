@@ -14,10 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fewstep.export.bundle import BundleExport
-from fewstep.export.config import ExportConfig
-from tests.test_export import _checkpoint
-
 ROOT = Path(__file__).resolve().parent.parent
 ENV = Path(os.environ.get("FEWSTEP_RUNTIME_ENV", ROOT / ".venv-runtime"))
 FEWSTEP = ENV / "bin" / "fewstep"
@@ -31,13 +27,9 @@ if not FEWSTEP.is_file():
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runtime-only")
-    ckpt = _checkpoint(root, "euler-cfg")
-    cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=2, speed_gate=False)
-    BundleExport(str(ckpt), root / "bundle", cfg, "test", log=lambda _m: None).run()
-    return root / "bundle"
+@pytest.fixture
+def bundle(served_bundle):
+    return served_bundle
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:

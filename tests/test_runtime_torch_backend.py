@@ -132,6 +132,7 @@ def test_half_io_computes_in_fp16_but_keeps_t_and_guidance_float32():
     assert half.inner.scale.dtype == torch.float16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_torch_tensorrt_program_exports_with_every_optional_input_and_a_dynamic_batch(precision):
     """The torch.export step of the Torch-TensorRT exporter, on CPU: an embedded-guidance student (a fifth,

@@ -20,29 +20,13 @@ import httpx
 import uvicorn
 from PIL import Image
 
-from fewstep.export.bundle import BundleExport
-from fewstep.export.config import ExportConfig
-from fewstep.models.loading import save_model
-from fewstep.models.unet_flow import build_unet_flow
 from fewstep.runtime import Generator
 from fewstep.runtime.server import ServeConfig, create_app
-from tests.conftest import tiny_spec
-from tests.distill_fixtures import TINY_TEACHER
-
-CFG = {"rule": "euler", "timesteps": [1.0, 0.5, 0.0], "guidance": {"mode": "cfg", "default_scale": 3.0}}
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    import torch
-
-    root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(1)
-    ckpt = root / "tiny.safetensors"
-    save_model(ckpt, build_unet_flow(TINY_TEACHER), tiny_spec(TINY_TEACHER, name="tiny-cfg", sampler=CFG))
-    cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=2, max_batch=8)
-    BundleExport(str(ckpt), root / "b", cfg, "test", log=lambda _m: None).run()
-    return root / "b"
+@pytest.fixture
+def bundle(served_bundle):
+    return served_bundle
 
 
 class SlowEngine:

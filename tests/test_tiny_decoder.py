@@ -51,6 +51,7 @@ def test_tiny_decoder_learns_the_vae_decoder(trained):
     assert model(torch.zeros(2, 4, 8, 8)).shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
 
 
+@pytest.mark.slow
 def test_bundle_carries_both_decoders_and_the_runtime_picks_one(trained, tmp_path):
     from fewstep.core.manifest import BundleError
     from fewstep.export.bundle import BundleExport
@@ -90,6 +91,7 @@ def test_bundle_carries_both_decoders_and_the_runtime_picks_one(trained, tmp_pat
         Generator.from_bundle(plain, decoder="tiny")
 
 
+@pytest.mark.slow
 def test_tiny_decoder_bad_inputs_are_named(trained, tmp_path):
     from fewstep.core.config import ConfigError
     from fewstep.export.config import ExportConfig

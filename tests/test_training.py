@@ -59,6 +59,7 @@ def _loop(out, encoder, steps=6, stop_at=None, lr=2e-3, every=2, data=None):
     return TrainingLoop(model, loss, lambda s: data.batch(s, 8, 0), cfg, out, save, on_step=on_step), data
 
 
+@pytest.mark.slow
 def test_tiny_teacher_loss_decreases(tmp_path, encoder):
     loop, _ = _loop(tmp_path, encoder, steps=80, every=80)
     loop.run(progress=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -375,9 +375,6 @@ class Manifest:
     @property
     def engine_ids(self) -> list[str]:
         return [e.id for e in self.engines]
-
-    def with_engines(self, engines: list[EngineEntry]) -> Manifest:
-        return replace(self, engines=tuple(engines))
 
     def to_json(self) -> Json:
         out: Json = {"format": self.format, "model": self.model.to_json(), "sampler": self.sampler.to_dict(),

@@ -56,7 +56,3 @@ def fewstep_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise HeaderError(f"{path} has fewstep metadata that is not an object")
     return spec
-
-
-def tensor_count(path: str | Path) -> int:
-    return sum(1 for k in read_header(path) if k != "__metadata__")

@@ -42,16 +42,6 @@ def parity_gate(images: np.ndarray, reference: np.ndarray, precision: str, confi
     return result
 
 
-def median_ms(run, inputs: dict[str, np.ndarray], runs: int) -> float:
-    run(inputs)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(inputs)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
 def side_by_side_ms(engines: dict[str, Engine], inputs: dict[str, np.ndarray], runs: int) -> dict[str, float]:
     """Median latency of each engine on the same inputs, runs interleaved so that machine noise hits all alike."""
     for e in engines.values():  # warm-up

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewstep.core.sampling_rules import guidance_mode, resolve_guidance
+from fewstep.core.sampling_rules import Sampler, guidance_mode, resolve_guidance
 from fewstep.models.loading import resolve_checkpoint
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.report.sweep import SweepConfig, Unit
@@ -41,19 +41,14 @@ class Loaded:
     info: dict
 
 
-def nfe(sampler: dict, steps: int, guidance: float) -> int:
+def nfe(sampler: Sampler | dict, steps: int, guidance: float) -> int:
     """Network evaluations per image: CFG runs two branches per step unless w = 1."""
     per_step = 2 if guidance_mode(sampler) == "cfg" and guidance != 1.0 else 1
     return steps * per_step
 
 
-def _steps_of(sampler: dict, steps: int | None) -> int:
-    if steps is not None:
-        return steps
-    times = sampler.get("timesteps")
-    if times is None:
-        return int(sampler.get("default_steps", 50))
-    return len(times) if sampler.get("rule") == "consistency" else len(times) - 1
+def _steps_of(sampler: Sampler | dict, steps: int | None) -> int:
+    return steps if steps is not None else Sampler.parse(sampler).steps(None)
 
 
 def load_torch(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
@@ -84,7 +79,7 @@ def load_torch(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
         "precision": "fp32",  # the pipeline computes in float32 whatever the stored dtype
         "params": pipe.spec.get("params"),
         "method": _method(pipe.spec),
-        "rule": sampler.get("rule", "euler"),
+        "rule": Sampler.parse(sampler).rule,
         "guidance_mode": guidance_mode(sampler),
         "guidance": w,
         "steps": steps,
@@ -129,7 +124,7 @@ def load_engine(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
         "precision": entry.precision,
         "params": gen.manifest.model.params,
         "method": gen.manifest.model.method or "",
-        "rule": sampler.get("rule", "euler"),
+        "rule": Sampler.parse(sampler).rule,
         "guidance_mode": guidance_mode(sampler),
         "guidance": w,
         "steps": steps,

@@ -103,11 +103,10 @@ def measure_unit(cfg: SweepConfig, unit: Unit, key: str, ref: QualityReference, 
     if bundle is not None:
         if bundle in bundles.errors:
             return _not_measured(unit, "failed", bundles.errors[bundle], key)
-        refused = {r["id"]: r for r in bundles.manifests[bundle].get("refused", [])}
+        refused = {r.id: r for r in bundles.manifests[bundle].refused}
         if unit.engine in refused:
-            return _not_measured(unit, "refused", f"refused at export: {refused[unit.engine]['reason']}", key,
-                                 {"backend": refused[unit.engine].get("backend"),
-                                  "precision": refused[unit.engine].get("precision")})  # fmt: skip
+            return _not_measured(unit, "refused", f"refused at export: {refused[unit.engine].reason}", key,
+                                 {"backend": None, "precision": None})  # fmt: skip
     try:
         load = load_engine if bundle is not None else load_torch
         loaded: Loaded = load(cfg, unit, loaded_cache)
