@@ -245,7 +245,7 @@ def test_a_bundle_manifest_written_before_the_typed_schema_reads_and_writes_back
     assert m.engine_ids == ["onnx-fp32", "openvino-fp32", "openvino-int8"] and m.engine("openvino-int8").verified
     assert m.sampler.steps() == 4 and m.sampler.guidance.mode == "none" and m.image.shape == (3, 32, 32)
     assert [r.id for r in m.refused] == ["onnx-int8-nncf", "onnx-int8-ort"]
-    with pytest.raises(BundleError, match="format 'fewstep-bundle/9'.*re-export"):
+    with pytest.raises(BundleError, match=r"format 'fewstep-bundle/9'.*re-export"):
         Manifest.from_json({**data, "format": "fewstep-bundle/9"})
     broken = json.loads(json.dumps(data))
     broken["engines"][1]["files"] = {}
