@@ -251,3 +251,25 @@ def test_a_bundle_manifest_written_before_the_typed_schema_reads_and_writes_back
     broken["engines"][1]["files"] = {}
     with pytest.raises(BundleError, match=r"engines\[1\]\.files .*re-export"):
         Manifest.from_json(broken)
+
+
+@pytest.mark.slow
+def test_a_bundle_exported_by_fewstep_0_1_0_runs_and_gives_the_torch_pipelines_images(tmp_path):
+    """tests/data/bundle_v1_sd (written by 0.1.0 for the seeded tiny SD pipeline) loads with today's runtime, and
+    today's torch pipeline of the same pipeline makes the same images from the same prompts and seeds."""
+    import shutil
+
+    from fewstep.commands.dispatch import main
+    from fewstep.models.pipeline import TorchPipeline
+    from fewstep.runtime import Generator
+    from fewstep.testing.tiny_pipelines import tiny_sd_pipeline
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "tests" / "data" / "bundle_v1_sd", bundle)
+    gen = Generator.from_bundle(bundle)
+    assert gen.manifest.created_by["fewstep"] == "0.1.0" and gen.engine_entry.id == "onnx-fp32"
+    prompts, seeds = ["a red circle", "a blue square on a white background"], [7, 8]
+    got = gen.generate(prompts, seeds)
+    ref = TorchPipeline.from_checkpoint(tiny_sd_pipeline(tmp_path / "pipe")).generate(prompts, seeds)
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    assert main(["info", str(bundle), "--verify"]) == 0
