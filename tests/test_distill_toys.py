@@ -123,7 +123,7 @@ def test_slimflow_two_stages_on_the_toy(tmp_path):
 
 
 def test_flow_guided_one_step_is_the_papers_loss():
-    """k = 1 is exactly METHODS.md's stage 2: d(eps - v(eps, 1), x0_hat) + d(eps' - v, x0_T), same random draws."""
+    """k = 1 is exactly SlimFlow's stage 2: d(eps - v(eps, 1), x0_hat) + d(eps' - v, x0_T), same random draws."""
     torch.manual_seed(0)
     student, guide = ToyMLP(), ToyMLP()
     eps, x0, cond = _pair_batches(_pairs(MixtureFlow(), n=64), batch=32)(0)

@@ -51,7 +51,7 @@ class OpenVINOEngine:
             )
         if max_shapes < 1:
             raise ValueError(f"max_shapes must be >= 1; got {max_shapes}")
-        # never bf16 on CPUs (TOOLCHAIN.md: ~130x slower than fp32 there)
+        # never bf16 on CPUs (docs/reference/toolchain.md: ~130x slower than fp32 there)
         config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)

@@ -1,6 +1,6 @@
 """`fewstep distill METHOD`: check the method's config and inputs, set up the shared session, run the method.
 
-Methods (one module each in `fewstep.compress.methods`, METHODS.md for the equations): reflow, slimflow,
+Methods (one module each in `fewstep.compress.methods`, equations in docs/concepts/methods/): reflow, slimflow,
 instaflow, guidance, consistency, progressive and dmd. Methods that learn from trajectory pairs read a pair
 cache (`fewstep pairs`); the others query the teacher online on dataset images.
 """

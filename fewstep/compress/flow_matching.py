@@ -40,7 +40,7 @@ def drop_condition(cond: Cond, null: Cond, p: float, rng: StepRandom) -> Cond:
 
 @dataclass
 class FlowMatchingLoss:
-    """METHODS.md 'Teacher': x_t = (1 - t) x0 + t eps, target eps - x0, L2; condition dropped with p."""
+    """docs/concepts/methods/teacher.md: x_t = (1 - t) x0 + t eps, target eps - x0, L2; condition dropped with p."""
 
     null_cond: Cond  # one row: the empty prompt
     cond_dropout: float = 0.1

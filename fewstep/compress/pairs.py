@@ -1,4 +1,4 @@
-"""Trajectory-pair cache (METHODS.md 'Trajectory pairs'): teacher ODE solutions `(noise, cond) -> x0_hat`.
+"""Trajectory-pair cache (docs/concepts/methods/index.md): teacher ODE solutions `(noise, cond) -> x0_hat`.
 
 A cache is a directory: `manifest.json` (the key: teacher checkpoint sha256, dataset, CFG scale, solver, steps,
 seed, shard size), `captions.safetensors` (the text embeddings of every distinct caption) and

@@ -1,4 +1,4 @@
-"""`fewstep train-teacher`: a flow-matching teacher on a captioned dataset (METHODS.md 'Teacher')."""
+"""`fewstep train-teacher`: a flow-matching teacher on a captioned dataset (docs/concepts/methods/teacher.md)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ SAMPLE_PROMPT_SEED = 12345  # held-out captions for the sample grids
 
 @dataclass(frozen=True)
 class TeacherConfig(LoopConfig):
-    """A flow-matching teacher: its data, network, text encoder and training (METHODS.md 'Teacher')."""
+    """A flow-matching teacher: its data, network, text encoder and training (docs/concepts/methods/teacher.md)."""
 
     name: str = param("shapes32-teacher", "model name written into the checkpoint")
     dataset: Literal["shapes", "digits", "imagefolder"] = param("shapes", "training images")

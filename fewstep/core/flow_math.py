@@ -1,4 +1,4 @@
-"""The flow-matching identities, in one place for torch tensors and numpy arrays alike (METHODS.md 'Convention').
+"""The flow-matching identities, in one place for torch tensors and numpy arrays alike (docs/concepts/flow-contract.md).
 
 t = 1 is noise, t = 0 is data; the straight path is x_t = (1 - t) x0 + t eps, its velocity v = eps - x0, so
 x0 = x_t - t v. Classifier-free guidance in the diffusers convention: v_w = v_uncond + w (v_cond - v_uncond).

@@ -1,5 +1,6 @@
-"""`fewstep export`: a checkpoint -> an engine bundle (DESIGN.md), engines for each requested backend and
-precision, gated, described in `manifest.json`, with the prompt encoder (and image decoders) the runtime needs.
+"""`fewstep export`: a checkpoint -> an engine bundle (docs/reference/bundle-format.md), engines for each requested
+backend and precision, gated, described in `manifest.json`, with the prompt encoder (and image decoders) the
+runtime needs.
 
 Idempotent and crash-safe: an engine whose recorded key (source checkpoint, backend, precision, options) and
 file sha256 still match is reused untouched; every new file is written under a temporary name and renamed;

@@ -1,4 +1,4 @@
-"""Calibration data for int8 drawn from the student's *own* sampler (METHODS.md, post-training quantization).
+"""Calibration data for int8 drawn from the student's *own* sampler (docs/concepts/methods/index.md, quantization).
 
 The pipeline runs its real sampler rule (Euler or consistency re-noising) with its real guidance mode over
 varied prompts and seeds, and every denoiser call is recorded: the inputs at each of its 1-4 timesteps, both

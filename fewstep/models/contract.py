@@ -1,4 +1,4 @@
-"""The one model contract: `v = model(x, t, cond)` (METHODS.md: t = 1 is noise, t = 0 is data).
+"""The one model contract: `v = model(x, t, cond)` (docs/concepts/flow-contract.md: t = 1 is noise, t = 0 is data).
 
 Every teacher, student, adapter and engine satisfies it; samplers and losses accept nothing else.
 """

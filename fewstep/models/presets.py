@@ -1,7 +1,7 @@
 """Network presets: diffusers `UNet2DConditionModel` configs (Stable Diffusion's architecture, scaled down).
 
-Sizes were chosen from measured cost on a 2-core CPU (TOOLCHAIN.md and `fewstep info`): the teacher trains to
-good prompt adherence in about an hour; the students have ~1/4 and ~1/10 of its parameters.
+Sizes were chosen from measured cost on a 2-core CPU (docs/reference/toolchain.md and `fewstep info`): the teacher
+trains to good prompt adherence in about an hour; the students have ~1/4 and ~1/10 of its parameters.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""VP diffusion models (DDPM alphas; eps- or v-prediction) seen through the flow contract (METHODS.md).
+"""VP diffusion models (DDPM alphas; eps- or v-prediction) through the flow contract (docs/concepts/flow-contract.md).
 
 For alpha_s = sqrt(abar_s), sigma_s = sqrt(1 - abar_s): flow time t = sigma_s / (alpha_s + sigma_s) and
 z_s = (alpha_s + sigma_s) x_t. The diffusion timestep s for a flow time t is found by interpolating the

@@ -1,1 +1,1 @@
-"""Distillation methods, one small loss object per file (METHODS.md); `fewstep.compress.distill` runs them."""
+"""Distillation methods, one loss object per file (docs/concepts/methods/); `fewstep.compress.distill` runs them."""

@@ -1,4 +1,4 @@
-"""Consistency distillation (Song et al. 2023; LCM, Luo et al. 2023; METHODS.md 'Consistency distillation').
+"""Consistency distillation (Song et al. 2023; LCM, Luo et al. 2023; docs/concepts/methods/consistency.md).
 
 f(x_t, t) = x_t - t v(x_t, t) satisfies f(x, 0) = x by construction. On a grid of N teacher steps with skip
 k: x_{t_{n+k}} = (1 - t) x0 + t eps, one CFG teacher ODE step (Euler or Heun) to t_n gives x_hat_{t_n}, and

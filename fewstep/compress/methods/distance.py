@@ -1,4 +1,4 @@
-"""Distances between predictions and targets (METHODS.md 'Convention')."""
+"""Distances between predictions and targets (docs/concepts/flow-contract.md)."""
 
 from __future__ import annotations
 

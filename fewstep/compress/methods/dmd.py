@@ -1,4 +1,4 @@
-"""Distribution Matching Distillation (Yin et al. 2024, seed 002; DMD2 options; METHODS.md 'DMD').
+"""Distribution Matching Distillation (Yin et al. 2024; DMD2 options, Yin et al. 2024b; docs/concepts/methods/dmd.md).
 
 Generator G(z) = z - v_G(z, 1) (the student). The real score is the frozen teacher with CFG `w_real`; the
 fake score starts as a copy of the teacher and follows the generator's distribution by flow matching on
@@ -7,7 +7,7 @@ For x = G(z): t ~ U[0.02, 0.98], x_t = (1 - t) x + t eps, grad = (x0_fake - x0_r
 L_dm = 0.5 ||x - stopgrad(x - grad)||^2, plus the regression loss d(G(z_pair), y_pair) with weight 0.25
 (reg_weight 0 = DMD2), plus optionally the adversarial term of a small discriminator head on the fake
 score's middle features (generator softplus(-D), discriminator softplus(D(fake)) + softplus(-D(real)); the
-"real" images are the teacher's pair images).
+"real" images are the teacher's pair images, or the training images when there are no pairs).
 
 Multi-step (DMD2, Sec. 4.4): with `times` = (1, t_2, ..., t_k) the generator is trained at each of its k sampling
 times; its input at t_i comes from backward simulation, i.e. the current generator's own consistency-style

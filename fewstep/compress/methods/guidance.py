@@ -1,4 +1,4 @@
-"""Guidance distillation (Meng et al. 2023, stage 1; METHODS.md 'Guidance distillation').
+"""Guidance distillation (Meng et al. 2023, stage 1; docs/concepts/methods/guidance.md).
 
 The student takes the guidance scale w as an input (diffusers `time_cond_proj_dim` + `timestep_cond`) and
 learns the teacher's CFG combination v_u + w (v_c - v_u) at random t and w ~ U[w_min, w_max]: one forward

@@ -1,4 +1,4 @@
-"""InstaFlow-style one-step / k-step distillation (Liu et al. 2024; METHODS.md 'InstaFlow').
+"""InstaFlow-style one-step / k-step distillation (Liu et al. 2024; docs/concepts/methods/instaflow.md).
 
 On pairs (eps, x0_hat) of a (reflowed) teacher: t from the k-point grid {1, (k-1)/k, ..., 1/k},
 x_t = (1 - t) x0_hat + t eps on the straight path, and the student's x0 prediction x_t - t v_s(x_t, t) is

@@ -1,4 +1,4 @@
-"""Progressive distillation (Salimans & Ho 2022), flow form (METHODS.md 'Progressive distillation').
+"""Progressive distillation (Salimans & Ho 2022), flow form (docs/concepts/methods/progressive.md).
 
 A student with N/2 steps matches two Euler steps of an N-step teacher: from x_t on the student's grid the
 teacher goes t -> t - D -> t - 2D (D = 1/N) and the student's velocity is regressed onto

@@ -1,4 +1,4 @@
-"""Reflow / k-rectified flow (Liu, Gong & Liu 2023; METHODS.md 'Reflow').
+"""Reflow / k-rectified flow (Liu, Gong & Liu 2023; docs/concepts/methods/reflow.md).
 
 On teacher pairs (eps, x0_hat): x_t = (1 - t) x0_hat + t eps, target eps - x0_hat, L2, t uniform. The
 student's paths become straighter, so 1-4 Euler steps lose much less than the teacher's do.

@@ -1,4 +1,4 @@
-"""SlimFlow (Zhu, Liu & Liu, ECCV 2024; METHODS.md 'SlimFlow'): smaller one-step students in two stages.
+"""SlimFlow (Zhu, Liu & Liu, ECCV 2024; docs/concepts/methods/slimflow.md): smaller one-step students in two stages.
 
 1. `AnnealingReflowLoss`: reflow with a source perturbed by beta(k): eps_b = sqrt(1 - b^2) eps + b eps_fresh,
    x_t = (1 - t) x0_hat + t eps_b, target eps_b - x0_hat. beta = 1 is flow matching on teacher samples,
@@ -126,7 +126,11 @@ class SlimFlowConfig(PairInput, Regression, TimeSampling, DistillConfig):
     """Stage 1 (annealing reflow, `steps` steps) into a small student trained from scratch, then stage 2
     (flow-guided distillation, `stage2_steps`); `student_steps` > 1 is fewstep's few-step form of stage 2."""
 
-    anneal_steps: int = param(1000, "K of beta(k): the fresh noise's weight reaches 0 at step K (linear)", min=0)
+    anneal_steps: int = param(
+        1000,
+        "K of beta(k): the fresh noise's weight falls to 0 at step K (linear, cosine), to 1/e (exponential)",
+        min=0,
+    )
     anneal_schedule: Schedule = param("linear", "shape of beta(k) over stage 1")
     stage2_steps: int = param(1000, "flow-guided distillation steps (stage 2)", min=1)
     tau_min: float = param(0.2, "lowest tau at which the frozen stage-1 model finishes the student's path", above=0)

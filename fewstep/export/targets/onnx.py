@@ -108,7 +108,7 @@ def quantize_nncf(
     quantized = nncf.quantize(
         model,
         nncf.Dataset(calibration),
-        model_type=nncf.ModelType.TRANSFORMER,  # lowest error on attention UNets (TOOLCHAIN.md)
+        model_type=nncf.ModelType.TRANSFORMER,  # lowest error on attention UNets (docs/reference/toolchain.md)
         preset=nncf.QuantizationPreset.PERFORMANCE if symmetric else None,  # None: the model type's (MIXED)
         subset_size=len(calibration),
         ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False),
@@ -119,8 +119,8 @@ def quantize_nncf(
 
 
 def _prepare_for_ort_quantization(src: Path, dst: Path) -> None:
-    """Dynamo graphs need two fixes first (TOOLCHAIN.md): stale value_info breaks ORT's shape inference, and
-    initializers shared by several nodes (GroupNorm's scale/bias) are refused by `quantize_static`."""
+    """Dynamo graphs need two fixes first (docs/reference/toolchain.md): stale value_info breaks ORT's shape
+    inference, and initializers shared by several nodes (GroupNorm's scale/bias) are refused by `quantize_static`."""
     onnx = _need_onnx()
     model = onnx.load(str(src))
     del model.graph.value_info[:]
