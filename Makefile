@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint docs docs-serve clean
 
 install: $(STAMP)
 
@@ -20,6 +20,7 @@ test: $(STAMP)
 	bash scripts/install_optimum_env.sh
 	bash scripts/install_runtime_env.sh
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -34,5 +35,12 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m mypy
 
+# the documentation site (mkdocs.yml); --strict turns a broken link or a missing page into an error
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve
+
 clean:
-	rm -rf $(VENV) .venv-optimum .venv-runtime .pytest_cache .ruff_cache .mypy_cache out
+	rm -rf $(VENV) .venv-optimum .venv-runtime .pytest_cache .ruff_cache .mypy_cache out site
