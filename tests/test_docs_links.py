@@ -58,3 +58,13 @@ def test_no_file_cites_the_design_notes_that_are_not_in_the_repository():
     sources = [*FILES, *(ROOT / "fewstep").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
     offenders = [p.relative_to(ROOT).as_posix() for p in sources if pattern.search(p.read_text(encoding="utf-8"))]
     assert not [o for o in offenders if o != "CHANGELOG.md"], offenders
+
+
+def test_troubleshooting_names_every_error_class():
+    """Every exception class fewstep defines (but the server's internal ClientGone) has a row in troubleshooting."""
+    page = (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    defined = set()
+    for path in (ROOT / "fewstep").rglob("*.py"):
+        defined |= set(re.findall(r"^class (\w+)\((?:[\w.]*(?:Error|Exception)\b[^)]*)\)", path.read_text(), re.M))
+    missing = sorted(name for name in defined - {"ClientGone"} if f"`{name}`" not in page)
+    assert len(defined) > 10 and not missing, missing
