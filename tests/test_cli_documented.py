@@ -1,8 +1,12 @@
 """Every `fewstep` command line the project documents (README, docs, the commands that made the committed results)
-still parses: the CLI's flags are kept, or renamed with the docs updated."""
+still parses: the CLI's flags are kept, or renamed with the docs updated. Commands that build a config (training,
+distillation, pairs) also resolve it, so a documented value out of range or a removed choice fails here. The README's
+quickstart blocks are run as written in `test_readme_quickstart.py`."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
 from pathlib import Path
@@ -19,6 +23,8 @@ SOURCES = [
 ]  # the generated CLI reference is checked on its own
 # placeholders the docs write in capitals (MODEL, DIR, ...) are not flags; these stand for real values
 SKIP = ("...", "<", "{", "|")
+# commands whose flags build a validated config (`--print-config` resolves it without running anything)
+CONFIG_COMMANDS = ("distill", "train-teacher", "pairs", "distill-decoder")
 
 
 def _command_lines(text: str) -> list[str]:
@@ -66,6 +72,13 @@ def test_documented_command_parses(source, command):
         build_parser(argv).parse_args(argv)
     except SystemExit as e:
         pytest.fail(f"{source}: `fewstep {command}` no longer parses (exit {e.code})")
+    if argv[0] in CONFIG_COMMANDS and not {"--config", "--resume"} & set(argv):  # their files exist only in use
+        # also resolve the settings: choices, ranges, the method's own fields
+        from fewstep.commands.dispatch import main
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main([*argv, "--print-config"])
+        assert code == 0, f"{source}: `fewstep {command}` parses but its settings are refused"
 
 
 def help_examples() -> list[tuple[str, str]]:
