@@ -25,7 +25,7 @@ EPILOG = """stages (each reused when it finished before, so the demo is safe to 
   4. report    the teacher at 50/4/2/1 steps, the shipped students and the new one at 1/2/4 steps, every engine:
                domain FID, KID, adherence, p50/p99 latency, images/s, size, memory -> report.md/.html, pareto.png
 
-About 6 minutes on a 2-core CPU the first time (6.1 min measured).    The sweep it runs is written to OUT/sweep.yaml:
+About 6 minutes on a 2-core CPU the first time (6.1 min measured). The sweep it runs is written to OUT/sweep.yaml:
 edit it and run `fewstep report OUT/sweep.yaml --out OUT/report` to measure more."""
 
 TEACHER = "shapes32-teacher"
