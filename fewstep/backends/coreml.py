@@ -16,7 +16,7 @@ import numpy as np
 
 from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.runtime.engine import BackendUnavailable, check_inputs
-from fewstep.runtime.registry import Backend, register_backend
+from fewstep.runtime.registry import Backend, missing_module, register_backend
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
@@ -25,10 +25,8 @@ def unavailable_reason() -> str | None:
     """None when CoreML models can be run here, else why not (CoreML itself exists only on macOS)."""
     if sys.platform != "darwin":
         return f"CoreML prediction runs only on macOS (this is {sys.platform})"
-    try:
-        importlib.import_module("coremltools")
-    except ImportError:
-        return "coremltools is not installed: pip install coremltools (or pip install 'fewstep[export]')"
+    if reason := missing_module("pip install coremltools (or pip install 'fewstep[export]')", "coremltools"):
+        return reason
     try:
         # the native bridge to CoreML; missing when no coremltools wheel matches this Python on macOS
         importlib.import_module("coremltools.libcoremlpython")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 
 from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.runtime.engine import BackendUnavailable, check_inputs
-from fewstep.runtime.registry import Backend, register_backend
+from fewstep.runtime.registry import Backend, missing_module, register_backend
 
 # tried in this order when present in the installed onnxruntime build
 PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -60,11 +59,7 @@ def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, prov
 
 
 def unavailable_reason() -> str | None:
-    try:
-        importlib.import_module("onnxruntime")
-    except ImportError:
-        return "onnxruntime is not installed: pip install 'fewstep[runtime]'"
-    return None
+    return missing_module("pip install 'fewstep[runtime]'", "onnxruntime")
 
 
 BACKEND = register_backend(Backend(

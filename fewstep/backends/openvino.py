@@ -17,7 +17,6 @@ to 0.88 s (`benchmarks/openvino_cache_cold_start.py`; OpenVINO notes the gain on
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from fewstep.core.manifest import EngineEntry, TensorSpec
 from fewstep.runtime.engine import BackendUnavailable, check_inputs
-from fewstep.runtime.registry import Backend, register_backend
+from fewstep.runtime.registry import Backend, missing_module, register_backend
 
 MAX_SHAPES = 8  # compiled batch sizes kept: 1, 2, 4, ..., 128
 CACHE_ENV = "FEWSTEP_OPENVINO_CACHE_DIR"
@@ -132,11 +131,7 @@ def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, devi
 
 
 def unavailable_reason() -> str | None:
-    try:
-        importlib.import_module("openvino")
-    except ImportError:
-        return "openvino is not installed: pip install openvino (or pip install 'fewstep[export]')"
-    return None
+    return missing_module("pip install openvino (or pip install 'fewstep[export]')", "openvino")
 
 
 BACKEND = register_backend(Backend(

@@ -56,6 +56,17 @@ _BACKENDS: dict[str, Backend] = {}
 _discovered = False
 
 
+def missing_module(install: str, *modules: str) -> str | None:
+    """An availability probe's usual first check: None when every module imports, else which one is missing and
+    `install`, the command that installs it."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"{module} is not installed: {install}"
+    return None
+
+
 def register_backend(backend: Backend) -> Backend:
     """Add a backend (what each `fewstep.backends` module does at import); names and targets must be new."""
     for other in _BACKENDS.values():

@@ -8,7 +8,6 @@ how the runtime opens it (`open_engine`), whether it can run here (`unavailable_
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,13 @@ import numpy as np
 
 from fewstep.core.manifest import EngineEntry
 from fewstep.runtime.engine import BackendUnavailable, check_inputs
-from fewstep.runtime.registry import Backend, register_backend
+from fewstep.runtime.registry import Backend, missing_module, register_backend
 
 NAME = "ort-plain"
 
 
 def unavailable_reason() -> str | None:
-    try:
-        importlib.import_module("onnxruntime")
-    except ImportError:
-        return "onnxruntime is not installed: pip install 'fewstep[runtime]'"
-    return None
+    return missing_module("pip install 'fewstep[runtime]'", "onnxruntime")
 
 
 class PlainOrtEngine:
