@@ -206,20 +206,28 @@ class DecoderEntry:
     precision: str = "fp32"
     size_bytes: int = 0
     extra: Json = field(default_factory=dict)  # tiny decoders: source, params, psnr_vs_vae_db
+    data_files: dict[str, str] = field(default_factory=dict)  # a large graph's external weights: name -> sha256
 
     def io_json(self) -> Json:
         return {"inputs": specs_json(self.inputs), "outputs": specs_json(self.outputs)}
 
     def to_json(self) -> Json:
+        data = {"data_files": dict(self.data_files)} if self.data_files else {}
         return {"file": self.file, "sha256": self.sha256, "backend": self.backend, "precision": self.precision,
-                "size_bytes": self.size_bytes, **self.extra, **self.io_json()}  # fmt: skip
+                "size_bytes": self.size_bytes, **data, **self.extra, **self.io_json()}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any, where: str, source: str) -> DecoderEntry:
         r = _Reader(data, where, source)
         return cls(r.text("file"), r.text("sha256"), tensor_specs(r.obj("inputs"), f"{where}.inputs", source),
                    tensor_specs(r.obj("outputs"), f"{where}.outputs", source), r.text("backend", "onnxruntime"),
-                   r.text("precision", "fp32"), r.integer("size_bytes", 0), r.rest(_names(cls)))  # fmt: skip
+                   r.text("precision", "fp32"), r.integer("size_bytes", 0), r.rest(_names(cls)),
+                   _data_files(r))  # fmt: skip
+
+
+def _data_files(r: _Reader) -> dict[str, str]:
+    """The optional `data_files` map of a graph entry (absent: the graph is one self-contained file)."""
+    return r.str_map("data_files") if "data_files" in r.data else {}
 
 
 @dataclass(frozen=True)
@@ -254,6 +262,7 @@ class TextEncoderEntry:
     null_is_zeros: bool = False
     extra_ids: tuple[float, ...] | None = None
     extra: Json = field(default_factory=dict)
+    data_files: dict[str, str] = field(default_factory=dict)  # a large graph's external weights: name -> sha256
 
     @property
     def reads_every_position(self) -> bool:
@@ -270,6 +279,8 @@ class TextEncoderEntry:
             out["null_is_zeros"] = self.null_is_zeros
         if self.extra_ids is not None:
             out["extra_ids"] = list(self.extra_ids)
+        if self.data_files:
+            out["data_files"] = dict(self.data_files)
         return {**out, **self.extra}
 
     @classmethod
@@ -292,11 +303,11 @@ class TextEncoderEntry:
         if ids is not None and not (isinstance(ids, list) and all(isinstance(v, (int, float)) for v in ids)):
             raise BundleError(f"{source}: {where}.extra_ids must be a list of numbers; re-export the bundle")
         known = {"kind", "file", "sha256", "max_tokens", "dim", "outputs", "tokenizer", "tokenizer_sha256", "pad_id",
-                 "tokenizers", "null_is_zeros", "extra_ids"}  # fmt: skip
+                 "tokenizers", "null_is_zeros", "extra_ids", "data_files"}  # fmt: skip
         return cls(r.text("kind"), r.text("file"), r.text("sha256"), max_tokens, r.integer("dim", minimum=1),
                    tuple(tokenizers), tuple(str(o) for o in r.items("outputs", ["last_hidden_state"])),
                    r.flag("null_is_zeros", False), None if ids is None else tuple(float(v) for v in ids),
-                   r.rest(known))  # fmt: skip
+                   r.rest(known), _data_files(r))  # fmt: skip
 
 
 @dataclass(frozen=True)

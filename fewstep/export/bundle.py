@@ -39,6 +39,7 @@ from fewstep.core.manifest import (
     read_manifest,
 )
 from fewstep.core.sampling_rules import Sampler
+from fewstep.export import onnx_files
 from fewstep.export.companions import Companions, files_valid
 from fewstep.export.config import ExportConfig
 from fewstep.export.context import ExportContext
@@ -116,7 +117,7 @@ class BundleExport:
             atomic_write_text(self.root / MANIFEST, manifest.dumps())
         finally:
             if ctx.onnx_fp32 is not None:
-                ctx.onnx_fp32.unlink(missing_ok=True)
+                onnx_files.remove(ctx.onnx_fp32)
             for tmp in temp_files(self.root):
                 shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         (self.root / IN_PROGRESS).unlink()

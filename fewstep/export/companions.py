@@ -17,6 +17,7 @@ from fewstep import __version__
 from fewstep.core.fsio import sha256_of, size_of
 from fewstep.core.imaging import psnr
 from fewstep.core.manifest import DecoderEntry, EngineEntry, Manifest, TextEncoderEntry, TokenizerEntry
+from fewstep.export import onnx_files
 from fewstep.export.decoder import ImageDecoder, TinyImageDecoder, export_decoder_onnx
 from fewstep.export.prompt_graph import PipelinePromptGraph, export_prompt_graph
 from fewstep.export.references import StudentReference
@@ -39,8 +40,20 @@ def made_here(old: Manifest | None) -> bool:
 
 
 def _place(tmp: Path, final: Path) -> Path:
-    os.replace(tmp, final)
+    if final.suffix == ".onnx":  # a graph and its weight file (if any) move together
+        onnx_files.relocate(tmp, final)
+    else:
+        os.replace(tmp, final)
     return final
+
+
+def _data_files(graph: Path) -> dict[str, str]:
+    """sha256 of a graph's external weight files (empty for a self-contained graph)."""
+    return {f.name: sha256_of(f) for f in onnx_files.graph_files(graph)[1:]}
+
+
+def _all_files(file: str, sha: str, data_files: dict[str, str]) -> dict[str, str]:
+    return {file: sha, **data_files}
 
 
 class Companions:
@@ -72,7 +85,7 @@ class Companions:
         """A pipeline's prompt encoding (all its text encoders) as one ONNX graph + one tokenizer.json each."""
         old = self.old.text_encoder if self.old else None
         if old is not None and old.kind == "diffusers-pipeline" and made_here(self.old):
-            files = {old.file: old.sha256, **{t.file: t.sha256 for t in old.tokenizers}}
+            files = {old.file: old.sha256, **old.data_files, **{t.file: t.sha256 for t in old.tokenizers}}
             if files_valid(self.root, files):
                 return self._with_prompt_constants(old)
         te = self.spec["text_encoder"]
@@ -91,7 +104,8 @@ class Companions:
         enc = self.pipe.encoder.encode([""])
         entry = TextEncoderEntry(te["kind"], "text_encoder.onnx", sha256_of(self.root / "text_encoder.onnx"),
                                  tokenizers[0].max_tokens, int(enc.text.shape[2]), tuple(tokenizers),
-                                 tuple(graph.output_names))  # fmt: skip
+                                 tuple(graph.output_names),
+                                 data_files=_data_files(self.root / "text_encoder.onnx"))  # fmt: skip
         return self._with_prompt_constants(entry)
 
     def _with_prompt_constants(self, entry: TextEncoderEntry) -> TextEncoderEntry:
@@ -109,7 +123,11 @@ class Companions:
         if self.pipe.codec is None:
             return None
         old = self.old.decoders.get("vae") if self.old else None
-        if old is not None and made_here(self.old) and files_valid(self.root, {old.file: old.sha256}):
+        if (
+            old is not None
+            and made_here(self.old)
+            and files_valid(self.root, _all_files(old.file, old.sha256, old.data_files))
+        ):
             self.log("image decoder: unchanged, kept")
             return old
         decoder = ImageDecoder(self.pipe.codec, self.spec)
@@ -117,7 +135,15 @@ class Companions:
         export_decoder_onnx(decoder, tmp)
         path = _place(tmp, self.root / "decoder.onnx")
         inputs, outputs = decoder.io_specs()
-        entry = DecoderEntry(path.name, sha256_of(path), inputs, outputs, size_bytes=size_of(path))
+        data = _data_files(path)
+        entry = DecoderEntry(
+            path.name,
+            sha256_of(path),
+            inputs,
+            outputs,
+            size_bytes=size_of(path) + sum(size_of(self.root / n) for n in data),
+            data_files=data,
+        )
         self.log(f"image decoder: written ({entry.size_bytes / 1e6:.2f} MB)")
         return entry
 

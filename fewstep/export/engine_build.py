@@ -12,6 +12,7 @@ from typing import Any
 
 from fewstep.core.fsio import sha256_of, size_of
 from fewstep.core.manifest import DecoderEntry, EngineEntry, Manifest, RefusedEngine
+from fewstep.export import onnx_files
 from fewstep.export.context import SHARED_FP32_ONNX, Artifact, ExportContext, exporter_of
 from fewstep.export.gates import GateConfig, parity_gate, speed_gate, speed_inputs
 from fewstep.export.plan import EngineJob
@@ -68,6 +69,10 @@ class EngineBuilder:
 
     def _place(self, art: Artifact, eid: str) -> list[str]:
         """Rename the exporter's temporary files to their bundle names; -> the names (main file first)."""
+        if art.path.suffix == ".onnx":  # a graph and its weight file (if any) move together
+            dst = self.root / f"denoiser.{eid}.onnx"
+            shared = art.path == self.root / SHARED_FP32_ONNX  # other exporters start from it: keep it
+            return [p.name for p in onnx_files.relocate(art.path, dst, copy=shared)]
         names = []
         for src in [art.path, *art.extra_files]:
             suffix = ".mlpackage" if src.name.endswith(".mlpackage") else src.suffix

@@ -223,6 +223,9 @@ def pick_decoder(manifest: Manifest, name: str | None, root: Path) -> DecoderEnt
 def open_decoder(root: Path, d: DecoderEntry, threads: int | None = None) -> Engine:
     """An image decoder's engine (its files checked against their sha256 first)."""
     path = verify_file(root, d.file, d.sha256)
-    entry = EngineEntry(id=f"decoder:{d.file}", backend=d.backend, precision=d.precision, files={d.file: d.sha256},
+    for name, sha in d.data_files.items():  # external weights: the backend reads them beside the graph
+        verify_file(root, name, sha)
+    entry = EngineEntry(id=f"decoder:{d.file}", backend=d.backend, precision=d.precision,
+                        files={d.file: d.sha256, **d.data_files},
                         inputs=d.inputs, outputs=d.outputs)  # fmt: skip
     return load_engine(d.backend, path, entry, threads=threads)

@@ -47,6 +47,8 @@ class RuntimeTextEncoder:
     def from_bundle(cls, root: Path, spec: TextEncoderEntry, threads: int | None = None) -> RuntimeTextEncoder:
         """The bundle's prompt encoder, every file checked against its sha256 first."""
         tokenizers = [verify_file(root, t.file, t.sha256) for t in spec.tokenizers]
+        for name, sha in spec.data_files.items():  # external weights: ONNX Runtime reads them beside the graph
+            verify_file(root, name, sha)
         return cls(verify_file(root, spec.file, spec.sha256), tokenizers, spec, threads)
 
     def check(self, prompt: str) -> None:

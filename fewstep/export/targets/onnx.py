@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fewstep.export import onnx_files
 from fewstep.export.context import SHARED_FP32_ONNX, Artifact, ExportContext
 from fewstep.export.denoiser import Denoiser
+from fewstep.export.onnx_files import EXTERNAL_DATA_ABOVE, load_graph
 
 OPSET = 20
 QUANTIZERS = ("nncf", "ort")  # the onnxruntime backend offers both (`Backend.quantizers`), one engine each
@@ -22,12 +24,7 @@ SENSITIVE = ("conv_in.", "conv_out.", "time_embedding.")
 MAX_BATCH = 4096
 
 
-def _need_onnx():
-    try:
-        import onnx  # export extra
-    except ImportError as e:
-        raise ImportError("ONNX export needs `pip install 'fewstep[export]'` (onnx, onnxscript, onnxruntime)") from e
-    return onnx
+_need_onnx = onnx_files.need_onnx
 
 
 def export_fp32(denoiser: Denoiser, path: Path) -> Path:
@@ -40,25 +37,36 @@ def export_fp32(denoiser: Denoiser, path: Path) -> Path:
 def export_graph(module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
                  max_batch: int = MAX_BATCH) -> Path:  # fmt: skip
     """`torch.onnx.export` (dynamo) of any graph fewstep writes: dim 0 of every non-scalar input is one dynamic
-    batch (up to `max_batch`), then `finish_onnx`. `args` are example inputs with a batch of at least 2."""
+    batch (up to `max_batch`), then `finish_onnx`. `args` are example inputs with a batch of at least 2. Weights
+    over `EXTERNAL_DATA_ABOVE` bytes are streamed to `<path>.data` (see `onnx_files`)."""
     import torch  # train extra
 
     _need_onnx()
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     dynamic = tuple(None if a.ndim == 0 else {0: batch} for a in args)
+    tensors = [*module.parameters(), *module.buffers()]
+    external = sum(t.numel() * t.element_size() for t in tensors) > EXTERNAL_DATA_ABOVE
+    onnx_files.remove(path)
     with torch.no_grad():
         torch.onnx.export(module.eval(), tuple(args), str(path), input_names=input_names, output_names=output_names,
-                          dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True, external_data=False,
+                          dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True, external_data=external,
                           verbose=False)  # fmt: skip
     return finish_onnx(path)
 
 
 def finish_onnx(path: Path) -> Path:
-    """Every graph fewstep writes: exporter metadata stripped, full checker run, shapes inferred, saved in place."""
+    """Every graph fewstep writes: exporter metadata stripped, full checker run, shapes inferred, saved in place.
+    A graph with external weights is checked and shape-inferred by path: its weights never enter memory."""
     onnx = _need_onnx()
-    model = strip_metadata(onnx.load(str(path)))
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(onnx.shape_inference.infer_shapes(model), str(path))
+    model = strip_metadata(load_graph(path))
+    if not onnx_files.external_files(path, model):
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(onnx.shape_inference.infer_shapes(model), str(path))
+        return path
+    onnx.save_model(model, str(path))  # the graph only; the weights stay where they are
+    del model
+    onnx.checker.check_model(str(path), full_check=True)
+    onnx.shape_inference.infer_shapes_path(str(path))
     return path
 
 
@@ -75,13 +83,14 @@ def strip_metadata(model):
 
 
 def to_fp16(src: Path, dst: Path) -> Path:
-    """Weights and compute in fp16, inputs and outputs kept fp32 (the runtime feeds float32 everywhere)."""
+    """Weights and compute in fp16, inputs and outputs kept fp32 (the runtime feeds float32 everywhere). A graph
+    with external weights is converted without in-memory shape inference (2 GiB limit): `finish_onnx` ran it."""
     onnx = _need_onnx()
     from onnxruntime.transformers.float16 import convert_float_to_float16  # export extra
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
-    return dst
+    external = bool(onnx_files.external_files(src))
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=external)
+    return onnx_files.save(model, dst, external=onnx_files.weight_bytes(model) > EXTERNAL_DATA_ABOVE)
 
 
 def sensitive_nodes(model) -> list[str]:
@@ -103,8 +112,16 @@ def quantize_nncf(
         import nncf  # export extra
     except ImportError as e:
         raise ImportError("int8 quantization with NNCF needs `pip install 'fewstep[export]'` (nncf)") from e
+    from nncf.onnx.quantization.backend_parameters import BackendParameters  # export extra
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters  # export extra
+
     nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the export log
-    model = onnx.load(str(src))
+    external = bool(onnx_files.external_files(src))
+    # a graph with external weights is handed over without them; NNCF reads them from the directory
+    model = onnx.load(str(src), load_external_data=not external)
+    advanced = AdvancedQuantizationParameters(
+        backend_params={BackendParameters.EXTERNAL_DATA_DIR: str(src.parent.resolve())} if external else {}
+    )
     quantized = nncf.quantize(
         model,
         nncf.Dataset(calibration),
@@ -112,8 +129,10 @@ def quantize_nncf(
         preset=nncf.QuantizationPreset.PERFORMANCE if symmetric else None,  # None: the model type's (MIXED)
         subset_size=len(calibration),
         ignored_scope=nncf.IgnoredScope(names=keep_float, validate=False),
+        advanced_parameters=advanced,
     )
-    onnx.save(quantized, str(dst))
+    del model
+    onnx_files.save(quantized, dst, external=onnx_files.weight_bytes(quantized) > EXTERNAL_DATA_ABOVE)
     return {"quantizer": "nncf", "nncf": nncf.__version__, "model_type": "transformer",
             "preset": "performance" if symmetric else "mixed"}  # fmt: skip
 
@@ -123,6 +142,7 @@ def _prepare_for_ort_quantization(src: Path, dst: Path) -> None:
     inference, and initializers shared by several nodes (GroupNorm's scale/bias) are refused by `quantize_static`."""
     onnx = _need_onnx()
     model = onnx.load(str(src))
+    external = onnx_files.weight_bytes(model) > EXTERNAL_DATA_ABOVE
     del model.graph.value_info[:]
     inits = {i.name: i for i in model.graph.initializer}
     seen: set[str] = set()
@@ -137,7 +157,7 @@ def _prepare_for_ort_quantization(src: Path, dst: Path) -> None:
                 model.graph.initializer.append(copy)
                 node.input[k] = copy.name
             seen.add(name)
-    onnx.save(model, str(dst))
+    onnx_files.save(model, dst, external)
 
 
 class _Reader:
@@ -169,9 +189,10 @@ def quantize_ort(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]],
             # only the GEMM-heavy ops: quantizing every op (ORT's default) cost ~13 dB of final-image PSNR
             op_types_to_quantize=["Conv", "Gemm", "MatMul"],
             nodes_to_exclude=keep_float,
+            use_external_data_format=bool(onnx_files.external_files(prepared)),
         )
     finally:
-        prepared.unlink(missing_ok=True)
+        onnx_files.remove(prepared)
     return {"quantizer": "ort", "format": "QDQ", "activations": "uint8", "weights": "int8 per channel",
             "ops": ["Conv", "Gemm", "MatMul"]}  # fmt: skip
 
@@ -197,8 +218,7 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
     calibration = ctx.calibration_inputs()
     if not calibration:
         raise ValueError("int8 quantization needs calibration data (the student's sampler inputs)")
-    onnx = _need_onnx()
-    keep = sensitive_nodes(onnx.load(str(ctx.onnx_fp32)))
+    keep = sensitive_nodes(load_graph(ctx.onnx_fp32))
     path = ctx.out_dir / f".denoiser.int8.{quantizer}.tmp.onnx"
     if quantizer == "nncf":
         info = quantize_nncf(ctx.onnx_fp32, path, calibration, keep, symmetric=ctx.options.get("symmetric", False))

@@ -7,6 +7,7 @@ import logging
 import re
 
 from fewstep.export.context import Artifact, ExportContext
+from fewstep.export.onnx_files import load_graph
 from fewstep.export.targets.onnx import sensitive_nodes, shared_fp32
 
 
@@ -25,14 +26,13 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
     info: dict = {"openvino": ov.get_version(), "from": "onnx"}
     if precision in ("int8", "int8w"):
         import nncf  # export extra
-        import onnx  # export extra
 
         nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the export log
         if precision == "int8":
             calibration = ctx.calibration_inputs()
             if not calibration:
                 raise ValueError("int8 quantization needs calibration data (the student's sampler inputs)")
-            keep = sensitive_nodes(onnx.load(str(fp32)))
+            keep = sensitive_nodes(load_graph(fp32))
             # OpenVINO names a converted node after the ONNX node, plus suffixes such as "/WithoutBiases"
             patterns = [f"^{re.escape(name)}(/.*)?$" for name in keep]
             model = nncf.quantize(
