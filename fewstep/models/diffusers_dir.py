@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fewstep.core.fsio import sha256_of
+from fewstep.core.safetensors_header import HeaderError, read_header
 from fewstep.models.contract import Cond
 from fewstep.models.model_kinds import wrap_denoiser
 from fewstep.models.prompt_cache import CachedPromptEncoder
@@ -98,7 +99,25 @@ def check_pipeline_dir(path: str | Path) -> dict:
         for f in need:
             if not f.is_file():
                 raise PipelineDirError(f"{f} is missing; model_index.json lists the component {name!r}")
+        for weights in folder.glob("*.safetensors"):
+            check_weights_file(weights)
     return index
+
+
+def check_weights_file(path: Path) -> None:
+    """A safetensors file whose header parses and whose tensors all lie inside the file (a truncated copy is
+    named before anything is allocated for it)."""
+    try:
+        header = read_header(path)
+    except HeaderError as e:
+        raise PipelineDirError(f"{e}; copy the component again") from None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+            and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]  # fmt: skip
+    n = int.from_bytes(path.open("rb").read(8), "little")
+    need, have = 8 + n + max(ends, default=0), path.stat().st_size
+    if have < need:
+        raise PipelineDirError(f"{path} is truncated: its header lists {need:,} bytes of tensors, the file has "
+                               f"{have:,}; copy the component again")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=2)
@@ -107,7 +126,11 @@ def _load(path: str):
 
     index = check_pipeline_dir(path)
     absent = {k: None for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is None}
-    pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True, **absent)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, use_safetensors=True, **absent)
+    except (ValueError, RuntimeError, OSError) as e:  # e.g. a config whose shapes are not those of its weights
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PipelineDirError(f"{path} cannot be loaded by diffusers: {first[:500]}") from None
     pipe.set_progress_bar_config(disable=True)
     for part in pipe.components.values():
         if isinstance(part, nn.Module):

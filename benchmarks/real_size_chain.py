@@ -1,0 +1,125 @@
+"""The real-size chain on this machine, one command per stage, each timed with its peak resident memory:
+build an SD-family pipeline at its published config (random seeded weights) -> a short LoRA consistency
+distillation with gradient checkpointing -> export (ONNX Runtime and OpenVINO; fp32, fp16, int8, int8w) ->
+torch-free generation at the model's own size -> `fewstep bench`.
+
+    python benchmarks/real_size_chain.py sd15 --work /data/real   # ~1 h on 2 cores; results/real-size/sd15.json
+
+Each stage is a separate process run under `/usr/bin/time -v` (peak RSS of that process). Stages whose output
+already exists are skipped (delete the directory to rerun it). Quality is not measured: the weights are random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "real-size"
+
+
+def timed(name: str, cmd: list[str], log: Path) -> dict:
+    """Run `cmd` under /usr/bin/time -v; -> wall seconds, peak RSS, return code (output in `log`)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=f, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    text = log.read_text(errors="replace")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    out = {"stage": name, "command": " ".join(cmd), "wall_s": round(wall, 1), "rc": rc,
+           "peak_rss_gb": round(int(rss.group(1)) * 1024 / 1e9, 2) if rss else None}  # fmt: skip
+    if rc:
+        out["tail"] = text[-1500:]
+    print(f"    -> {out['wall_s']} s, peak {out['peak_rss_gb']} GB, rc {rc}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", help="a config of fewstep.testing.real_configs (sd15, sd-turbo, ...)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/fewstep-real"))
+    ap.add_argument("--distill-steps", type=int, default=2)
+    ap.add_argument("--student-steps", type=int, default=4)
+    ap.add_argument("--precision", default="fp32,fp16,int8,int8w")
+    ap.add_argument(
+        "--runtime-python",
+        default=sys.executable,
+        help="python of a runtime-only environment (no torch) for generate and bench",
+    )
+    args = ap.parse_args()
+    work = args.work / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    py, fewstep = sys.executable, [sys.executable, "-m", "fewstep.cli"]
+    rt = [args.runtime_python, "-m", "fewstep.cli"]
+    pipe, run, bundle = work / "pipeline", work / "lora", work / "bundle"
+    stages: list[dict] = []
+    if not (pipe / "model_index.json").is_file():
+        stages.append(timed("build pipeline", [py, "-m", "fewstep.testing.real_pipelines", args.name, str(pipe)],
+                            work / "build.log"))  # fmt: skip
+    if not (run / "model.safetensors").is_file():
+        stages.append(timed("LoRA consistency distill", [*fewstep, "distill", "consistency", "--teacher", str(pipe),
+                            "--out", str(run), "--student", "same", "--lora-rank", "8", "--gradient-checkpointing",
+                            "--batch-size", "1",
+                            "--steps", str(args.distill_steps), "--student-steps", str(args.student_steps),
+                            "--dataset-size", "4", "--sample-every", "1000", "--checkpoint-every", "1000",
+                            "--no-progress"], work / "distill.log"))  # fmt: skip
+    if not (bundle / "manifest.json").is_file():
+        stages.append(timed("export", [*fewstep, "export", str(run), "--out", str(bundle), "--to", "onnx,openvino",
+                            "--precision", args.precision, "--quantizer", "nncf", "--parity-prompts", "2",
+                            "--calibration-prompts", "4", "--speed-gate", "false", "--speed-batch", "1",
+                            "--speed-runs", "2"], work / "export.log"))  # fmt: skip
+    manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
+    engines = [e["id"] for e in manifest.get("engines", [])]
+    for engine in engines:
+        for steps in (1, 2, 4):
+            stages.append(timed(f"generate {engine} {steps} steps", [*rt, "generate", str(bundle), "--engine", engine,
+                                "--steps", str(steps), "--seeds", "0", "--prompt", "a red circle",
+                                "--out", str(work / f"gen-{engine}-{steps}.png")],
+                                work / f"gen-{engine}-{steps}.log"))  # fmt: skip
+    for engine in engines:
+        stages.append(timed(f"bench {engine}", [*rt, "bench", str(bundle), "--engine", engine, "--batch-sizes", "1,4",
+                            "--runs", "2", "--warmup", "1", "--no-torch", "--teacher", "none",
+                            "--out", str(work / f"bench-{engine}.json")], work / f"bench-{engine}.log"))  # fmt: skip
+    sizes = {e["id"]: e.get("size_bytes") for e in manifest.get("engines", [])}
+    benches = {}
+    for engine in engines:
+        f = work / f"bench-{engine}.json"
+        if f.is_file():
+            benches[engine] = json.loads(f.read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    result = {
+        "config": args.name, "date": time.strftime("%Y-%m-%d"), "commit": commit.strip(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {_cpu()}",
+        "command": "python " + " ".join(sys.argv), "stages": stages, "engine_bytes": sizes,
+        "gates": {e["id"]: e.get("gates") for e in manifest.get("engines", [])},
+        "refused": manifest.get("refused", []), "bench": benches,
+    }  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{args.name}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old.get("stages") and not stages[:1]:
+        result["stages"] = old["stages"]
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
