@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from fewstep.core.resources import ResourceError
 from fewstep.models.diffusers_dir import PipelineDirError, check_pipeline_dir, load_pipeline, pipeline_spec
@@ -109,3 +110,18 @@ def test_a_missing_component_is_named(damaged):
 def test_an_unknown_config_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="unknown real config 'sd9'; choose one of sd15, sd21"):
         real_pipelines.estimate("sd9")
+
+
+def test_taesd_size_decoder_has_taesds_decoder_size(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    from fewstep.models.tiny_decoder import TinyDecoder, load_tiny_decoder
+
+    with torch.device("meta"):  # at SD's 8x downsampling the layout is TAESD's decoder, parameter for parameter
+        ours = sum(p.numel() for p in TinyDecoder(4, 8, channels=64, blocks=3).parameters())
+        assert ours == sum(p.numel() for p in AutoencoderTiny().decoder.parameters()) == 1_222_531
+    root = tiny_sd_pipeline(tmp_path / "sd")
+    path = real_pipelines.save_taesd_size_decoder(root, tmp_path / "decoder.safetensors")
+    decoder, spec = load_tiny_decoder(path)
+    assert spec["decoder"]["channels"] == 64 and spec["decoder"]["blocks"] == 3
+    assert sum(p.numel() for p in decoder.parameters()) == spec["params"]

@@ -173,3 +173,20 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def save_taesd_size_decoder(pipeline: str | Path, out: str | Path, seed: int = 0) -> Path:
+    """A fewstep tiny decoder with TAESD's decoder layout (64 channels, 3 blocks per upsampling, 1.22M
+    parameters) for `pipeline`'s VAE, random seeded weights: `fewstep export --tiny-decoder OUT` bundles it."""
+    from fewstep.models.diffusers_dir import load_codec, pipeline_spec
+    from fewstep.models.tiny_decoder import TinyDecoder, latent_layout, save_tiny_decoder
+
+    spec = pipeline_spec(pipeline)
+    codec = load_codec(spec)
+    assert codec is not None  # every SD-family pipeline has a VAE
+    torch.manual_seed(seed)
+    channels, factor = latent_layout(spec)
+    decoder = TinyDecoder(channels, factor, channels=64, blocks=3)
+    out = Path(out)
+    save_tiny_decoder(out, decoder, spec, codec, {"note": "random seeded weights in TAESD's decoder layout"})
+    return out
