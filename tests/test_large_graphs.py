@@ -117,3 +117,35 @@ def test_a_bundle_of_external_data_graphs_runs_like_one_of_inline_graphs(tmp_pat
     Path(root / "decoder.onnx.data").unlink()
     with pytest.raises(BundleError, match=r"missing decoder\.onnx\.data"):
         Generator.from_bundle(root, engine="openvino-fp32")
+
+
+@pytest.mark.slow
+def test_openvino_weight_only_int8_and_int4_engines(tmp_path):
+    """int8w and int4w (NNCF weight compression, no calibration) pass their floors, store their weights in fewer
+    bits (int4 where the channels allow, int8 elsewhere) and run through the runtime."""
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from fewstep.export.bundle import BundleExport
+    from fewstep.export.config import ExportConfig
+    from fewstep.runtime import Generator
+    from fewstep.testing.tiny_pipelines import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline(tmp_path / "sd")
+    cfg = ExportConfig(to=("openvino",), precision=("fp32", "int8w", "int4w"), parity_prompts=2, speed_gate=False)
+    manifest = BundleExport(str(pipe), tmp_path / "b", cfg, log=lambda m: None).run()
+    engines = {e.id: e for e in manifest.engines}
+    assert set(engines) == {"openvino-fp32", "openvino-int8w", "openvino-int4w"}, manifest.refused
+    assert engines["openvino-int4w"].gates["parity"]["passed"] is True
+    assert (
+        engines["openvino-int4w"].size_bytes
+        < engines["openvino-int8w"].size_bytes
+        < engines["openvino-fp32"].size_bytes
+    )
+    model = ov.Core().read_model(str(tmp_path / "b" / engines["openvino-int4w"].main_file))
+    types = {
+        op.get_output_element_type(0).get_type_name() for op in model.get_ops() if op.get_type_name() == "Constant"
+    }
+    assert "i4" in types or "u4" in types  # 4-bit weights are really stored
+    images = Generator.from_bundle(tmp_path / "b", engine="openvino-int4w").generate(["a red circle"], [0])
+    assert images.shape == (1, 32, 32, 3)

@@ -136,6 +136,6 @@ def unavailable_reason() -> str | None:
 
 BACKEND = register_backend(Backend(
     name="openvino", target="openvino", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=50,
-    precisions=("fp32", "fp16", "int8", "int8w"), exporter="fewstep.export.targets.openvino:export",
-    description="fp32, fp16, int8 (NNCF), int8w (weight-only)",
+    precisions=("fp32", "fp16", "int8", "int8w", "int4w"), exporter="fewstep.export.targets.openvino:export",
+    description="fp32, fp16, int8 (NNCF), int8w and int4w (weight-only)",
 ))  # fmt: skip

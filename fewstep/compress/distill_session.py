@@ -13,6 +13,8 @@ from fewstep import __version__
 from fewstep.compress import distributed as ddp
 from fewstep.compress.data import EncodedDataset
 from fewstep.compress.distill_config import DistillConfig
+from fewstep.compress.memory_estimate import MemoryEstimate, refuse_if_too_big
+from fewstep.compress.memory_estimate import estimate as estimate_memory
 from fewstep.compress.pairs import PairCache
 from fewstep.compress.students import INITS, build_student, init_student, same_architecture, student_architecture
 from fewstep.compress.trainer import LoopConfig, TrainingLoop, check_resumable, plot_training_curve
@@ -58,12 +60,28 @@ class DistillSession:
         self.null = self.encoder.null(1)
         self.arch = student_architecture(cfg.student, self.teacher_spec, cfg.student_guidance_dim)
         self.same_arch = same_architecture(self.arch, self.teacher_spec)
+        self.memory = self._check_memory()
         self.codec = load_codec(self.teacher_spec)  # latent teachers: the VAE that encodes training images
         self.init = cfg.auto_init(self.same_arch)
         self.init_checkpoint = self._load_init_checkpoint() if self.init not in INITS else None
         self.name = cfg.name or f"{self.teacher_spec.get('name', 'teacher')}-{method}-{cfg.student}"
         self._pairs: PairCache | None = None
         self._data: EncodedDataset | None = None
+
+    def _check_memory(self) -> MemoryEstimate:
+        """Refuse before training allocates anything when the run cannot fit this machine's memory."""
+        with torch.device("meta"):  # the student's size without allocating it
+            student = sum(p.numel() for p in build_student(self.arch).parameters())
+        teacher = sum(p.numel() for p in self.teacher.parameters())
+        rank = self.cfg.lora_rank
+        # LoRA adapters: ~0.12% of an SD UNet's parameters per unit of rank (LCM-LoRA's rank 64: 67.5M of 860M)
+        trainable = int(student * 0.0012 * rank) if rank else student
+        image = self.teacher_spec["image"]
+        est = estimate_memory(self.method, teacher, student, trainable, self.cfg.batch_size,
+                              int(image["height"]) * int(image["width"]), self.cfg.gradient_checkpointing)  # fmt: skip
+        refuse_if_too_big(est, f"fewstep distill {self.method} at batch {self.cfg.batch_size}", bool(rank),
+                          self.cfg.gradient_checkpointing, self.cfg.batch_size)  # fmt: skip
+        return est
 
     # ---- inputs ------------------------------------------------------------------------------
     @property

@@ -41,6 +41,7 @@ class ExportConfig(Config):
     min_psnr_fp16: float = _psnr("fp16")
     min_psnr_int8: float = _psnr("int8")
     min_psnr_int8w: float = _psnr("int8w")
+    min_psnr_int4w: float = _psnr("int4w")
     min_psnr_palette4: float = _psnr("palette4")
     speed_gate: bool = param(True, "refuse fp16/int8 engines not faster than the fp32 engine here (false: record the "
                              "timing only, e.g. exporting for another machine)")  # fmt: skip

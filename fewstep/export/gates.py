@@ -17,7 +17,7 @@ import numpy as np
 from fewstep.core.imaging import psnr
 from fewstep.runtime.engine import Engine
 
-DEFAULT_MIN_PSNR = {"fp32": 60.0, "fp16": 40.0, "int8": 30.0, "int8w": 35.0, "palette4": 25.0}
+DEFAULT_MIN_PSNR = {"fp32": 60.0, "fp16": 40.0, "int8": 30.0, "int8w": 35.0, "int4w": 25.0, "palette4": 25.0}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """OpenVINO exporter: IR (.xml + .bin) converted from the fp32 ONNX graph, in fp32, fp16 (compressed weights),
-int8 (NNCF post-training quantization on the IR with the sampler's calibration data) and int8w (weight-only)."""
+int8 (NNCF post-training quantization on the IR with the sampler's calibration data), int8w (weight-only) and
+int4w (4-bit symmetric weights in groups of 64 where NNCF can, 8-bit elsewhere; weight-only, no calibration)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
     fp32 = shared_fp32(ctx)
     model = ov.convert_model(str(fp32))  # keeps the dynamic batch
     info: dict = {"openvino": ov.get_version(), "from": "onnx"}
-    if precision in ("int8", "int8w"):
+    if precision in ("int8", "int8w", "int4w"):
         import nncf  # export extra
 
         nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the export log
@@ -43,9 +44,16 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
                 ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False),
             )
             info.update(quantizer="nncf", nncf=nncf.__version__, kept_float=keep)
-        else:
+        elif precision == "int8w":
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
             info.update(quantizer="nncf weight compression", weights="int8 asymmetric", activations="float")
+        else:
+            # channels not divisible by 64 (small students) get the largest power-of-two group that divides them
+            adjust = nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=64, ratio=1.0,
+                                          advanced_parameters=adjust)  # fmt: skip
+            info.update(quantizer="nncf weight compression", weights="int4 symmetric, groups of 64 (int8 where "
+                        "4-bit does not apply)", activations="float")  # fmt: skip
     xml = ctx.out_dir / f".denoiser.openvino-{precision}.tmp.xml"
     ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
     return Artifact(xml, "openvino", precision, info, extra_files=[xml.with_suffix(".bin")])

@@ -1,0 +1,62 @@
+"""How much memory a distillation run needs, estimated before anything is allocated, so a configuration that
+cannot fit is refused with the figure instead of being killed by the OOM killer.
+
+    weights     teacher + student + the method's extra networks (consistency: the target; DMD: the fake score)
+    training    per trainable parameter: gradient, AdamW's two moments, the EMA copy (4 x 4 bytes)
+    activations batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL (with gradient checkpointing),
+                x CHECKPOINTING_OFF_FACTOR without it
+
+The activation coefficients are measured (benchmarks/results/real-size/README.md): an SD1.5-config LoRA
+consistency step at 64x64 latents, batch 1, peaked at the weights + training state + ~3.5 GB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fewstep.core.resources import gib, require_memory
+
+FP32 = 4
+TRAINING_BYTES_PER_PARAM = 4 * FP32  # gradient, AdamW exp_avg and exp_avg_sq, EMA
+EXTRA_NETWORKS = {"consistency": 1, "dmd": 1}  # copies of the student beside it (target / fake score)
+EXTRA_TRAINABLE = {"dmd": 1}  # ... that also train (DMD's fake score has its own optimizer)
+ACTIVATION_BYTES_PER_LATENT_PIXEL = 850_000  # measured: SD1.5 UNet, checkpointing on (see the module docstring)
+CHECKPOINTING_OFF_FACTOR = 4.0
+FIXED_OVERHEAD = 1 << 30  # Python, torch, text encoder and VAE working memory
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    training: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.training + self.activations + FIXED_OVERHEAD
+
+    def explain(self) -> str:
+        return (f"weights {gib(self.weights)} + gradients/optimizer/EMA {gib(self.training)} + activations "
+                f"{gib(self.activations)} + overhead {gib(FIXED_OVERHEAD)}")  # fmt: skip
+
+
+def estimate(method: str, teacher_params: int, student_params: int, trainable: int, batch: int,
+             latent_pixels: int, checkpointing: bool) -> MemoryEstimate:  # fmt: skip
+    extra = EXTRA_NETWORKS.get(method, 0)
+    weights = FP32 * (teacher_params + student_params * (1 + extra))
+    training = TRAINING_BYTES_PER_PARAM * trainable * (1 + EXTRA_TRAINABLE.get(method, 0))
+    act = batch * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL
+    return MemoryEstimate(weights, training, int(act * (1 if checkpointing else CHECKPOINTING_OFF_FACTOR)))
+
+
+def refuse_if_too_big(est: MemoryEstimate, what: str, lora: bool, checkpointing: bool, batch: int) -> None:
+    """Raise ResourceError when the estimate exceeds the memory available now, with the ways to make it fit."""
+    ways = []
+    if not lora:
+        ways.append("train LoRA adapters (--lora-rank 16)")
+    if not checkpointing:
+        ways.append("--gradient-checkpointing")
+    if batch > 1:
+        ways.append("a smaller --batch-size")
+    hint = (f"({est.explain()}); try " + ", ".join(ways)) if ways else f"({est.explain()})"
+    require_memory(est.total, what, hint)

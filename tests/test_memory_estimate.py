@@ -1,0 +1,31 @@
+"""Distillation refuses up front, with the estimate and the ways out, when a configuration cannot fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from fewstep.compress.memory_estimate import FIXED_OVERHEAD, estimate
+from fewstep.core.resources import ResourceError
+from tests.distill_fixtures import distill_tiny
+
+SD15 = 859_520_964
+
+
+def test_estimate_counts_weights_training_state_and_activations():
+    lora = estimate("consistency", SD15, SD15, 8_000_000, 1, 64 * 64, True)
+    assert lora.weights == 4 * SD15 * 3  # teacher, student, target network
+    assert lora.training == 16 * 8_000_000
+    full = estimate("consistency", SD15, SD15, SD15, 1, 64 * 64, True)
+    assert full.total - lora.total == 16 * (SD15 - 8_000_000)
+    assert full.total > 24 * 1024**3  # full-weight consistency of SD1.5 cannot fit 24 GiB
+    off = estimate("guidance", SD15, SD15, SD15, 2, 64 * 64, False)
+    assert off.activations == 2 * 4 * estimate("guidance", SD15, SD15, SD15, 1, 64 * 64, True).activations
+    assert off.total == off.weights + off.training + off.activations + FIXED_OVERHEAD
+
+
+def test_a_run_that_cannot_fit_is_refused_before_training(tiny_teacher, tmp_path, monkeypatch):
+    monkeypatch.setattr("fewstep.core.resources.available_memory", lambda: 1024**2)
+    with pytest.raises(ResourceError, match=r"fewstep distill progressive at batch 4 needs about .* GiB of memory.*"
+                                            r"try train LoRA adapters .*--gradient-checkpointing, a smaller --batch"):
+        distill_tiny(tiny_teacher[0], tmp_path / "run", "progressive", start_steps=4, student_steps=2)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
