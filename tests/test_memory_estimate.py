@@ -25,7 +25,10 @@ def test_estimate_counts_weights_training_state_and_activations():
 
 def test_a_run_that_cannot_fit_is_refused_before_training(tiny_teacher, tmp_path, monkeypatch):
     monkeypatch.setattr("fewstep.core.resources.available_memory", lambda: 1024**2)
-    with pytest.raises(ResourceError, match=r"fewstep distill progressive at batch 4 needs about .* GiB of memory.*"
-                                            r"try train LoRA adapters .*--gradient-checkpointing, a smaller --batch"):
+    with pytest.raises(
+        ResourceError,
+        match=r"fewstep distill progressive at batch 4 needs about .* GiB of memory.*"
+        r"try train LoRA adapters .*--gradient-checkpointing, a smaller --batch",
+    ):
         distill_tiny(tiny_teacher[0], tmp_path / "run", "progressive", start_steps=4, student_steps=2)
     assert not (tmp_path / "run" / "model.safetensors").exists()
