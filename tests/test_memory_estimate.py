@@ -1,4 +1,5 @@
-"""Distillation refuses up front, with the estimate and the ways out, when a configuration cannot fit."""
+"""Memory bounds: distillation refuses up front, with the estimate and the ways out, when a configuration cannot
+fit; VAE decoding runs in bounded chunks."""
 
 from __future__ import annotations
 
@@ -32,3 +33,22 @@ def test_a_run_that_cannot_fit_is_refused_before_training(tiny_teacher, tmp_path
     ):
         distill_tiny(tiny_teacher[0], tmp_path / "run", "progressive", start_steps=4, student_steps=2)
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_vae_decoding_is_chunked_and_gives_the_same_images(tmp_path, monkeypatch):
+    import torch
+
+    from fewstep.models import pipeline as pipeline_module
+    from fewstep.models.pipeline import TorchPipeline
+    from fewstep.testing.tiny_pipelines import tiny_sd_pipeline
+
+    pipe = TorchPipeline.from_checkpoint(tiny_sd_pipeline(tmp_path / "sd"))
+    latents = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    whole = pipe.decode(latents)
+    calls = []
+    decode = pipe.codec.decode
+    monkeypatch.setattr(pipe.codec, "decode", lambda x: calls.append(len(x)) or decode(x))
+    monkeypatch.setattr(pipeline_module, "DECODE_PIXELS", 2 * 32 * 32)  # two 32x32 images per call
+    chunked = pipe.decode(latents)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)

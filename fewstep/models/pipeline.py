@@ -28,6 +28,9 @@ def resolve_guidance(spec: dict, guidance: float | None) -> float:
     return resolve_sampler_guidance(spec["sampler"], guidance)
 
 
+DECODE_PIXELS = 1 << 19  # two 512x512 images per VAE call
+
+
 class TorchPipeline:
     """A flow model, its text encoder and its spec; `generate` is deterministic per (prompt, seed).
     Latent models (spec `latent`) sample latents and decode them with their VAE (`codec`, loaded from the
@@ -67,8 +70,18 @@ class TorchPipeline:
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples -> images in [-1, 1]: the VAE decoder for latent models, identity in pixel space."""
-        return x if self.codec is None else self.codec.decode(x)
+        """Samples -> images in [-1, 1]: the VAE decoder for latent models, identity in pixel space. The VAE runs
+        on at most DECODE_PIXELS output pixels at a time: at 512x512 its activations are ~1 GB per image."""
+        if self.codec is None:
+            return x
+        per_image = x.shape[-1] * x.shape[-2] * self.codec_factor**2
+        chunk = max(1, DECODE_PIXELS // per_image)
+        return torch.cat([self.codec.decode(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+
+    @property
+    def codec_factor(self) -> int:
+        latent = self.spec.get("latent", {})
+        return int(latent.get("downsample", 8))
 
     @torch.no_grad()
     def generate(
