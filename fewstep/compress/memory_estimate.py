@@ -6,8 +6,9 @@ cannot fit is refused with the figure instead of being killed by the OOM killer.
     activations batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL (with gradient checkpointing),
                 x CHECKPOINTING_OFF_FACTOR without it
 
-The activation coefficients are measured (benchmarks/results/real-size/README.md): an SD1.5-config LoRA
-consistency step at 64x64 latents, batch 1, peaked at the weights + training state + ~3.5 GB.
+The activation coefficient is calibrated on one run (benchmarks/results/real-size/README.md): an SD1.5-config
+LoRA consistency run at 64x64 latents, batch 1, with checkpointing, held 13.0-13.1 GB while training (resident
+memory sampled every few seconds), ~1.7 GB above its weights and fixed overhead; the coefficient adds ~40% margin.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ FP32 = 4
 TRAINING_BYTES_PER_PARAM = 4 * FP32  # gradient, AdamW exp_avg and exp_avg_sq, EMA
 EXTRA_NETWORKS = {"consistency": 1, "dmd": 1}  # copies of the student beside it (target / fake score)
 EXTRA_TRAINABLE = {"dmd": 1}  # ... that also train (DMD's fake score has its own optimizer)
-ACTIVATION_BYTES_PER_LATENT_PIXEL = 850_000  # measured: SD1.5 UNet, checkpointing on (see the module docstring)
+ACTIVATION_BYTES_PER_LATENT_PIXEL = 600_000  # calibrated: SD1.5 UNet, checkpointing on (module docstring)
 CHECKPOINTING_OFF_FACTOR = 4.0
 FIXED_OVERHEAD = 1 << 30  # Python, torch, text encoder and VAE working memory
 
