@@ -36,7 +36,9 @@ class EngineBuilder:
                  log: Callable[[str], None]):  # fmt: skip
         self.ctx, self.reference, self.gates, self.view, self.log = ctx, reference, gates, runtime_view, log
         self.root = ctx.out_dir
-        self._fp32: dict[str, Engine] = {}  # per backend: the fp32 engine the speed gate compares with
+        # per backend: how to load the fp32 engine the speed gate compares with (loaded when needed and dropped
+        # after: an SD-size engine holds several GB, and an export must not keep one per backend alive)
+        self._fp32: dict[str, Callable[[], Engine]] = {}
         self._text: RuntimeTextEncoder | None = None
         self._decoder: Engine | None = None
 
@@ -59,6 +61,8 @@ class EngineBuilder:
             for n in names:
                 path = self.root / n
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            if job.precision == "fp32":  # its file is gone: the speed gate will export a temporary one
+                self._fp32.pop(job.backend.name, None)
             reason = "; ".join(g["reason"] for g in failed)
             self.log(f"{job.id}: REFUSED ({reason})")
             return RefusedEngine(job.id, reason, gates, entry.size_bytes)
@@ -101,20 +105,21 @@ class EngineBuilder:
         prompts = self.reference.parity_prompts
         images = gen.generate_float(prompts, list(range(len(prompts))))
         gates = {"parity": parity_gate(images, self.reference.images(), entry.precision, self.gates)}
+        del gen
         if entry.precision == "fp32":
-            self._fp32[job.backend.name] = engine
+            self._fp32[job.backend.name] = lambda: load_engine(entry.backend, main, entry, **side_by_side(job.backend))
             return gates
         if job.backend.name not in self._fp32:
             self._fp32[job.backend.name] = self._temporary_fp32(job.backend)
         inputs = speed_inputs(self.reference.calibration()[0], self.gates.speed_batch)
-        gates["speed"] = speed_gate(engine, self._fp32[job.backend.name], inputs, self.gates)
+        gates["speed"] = speed_gate(engine, self._fp32[job.backend.name](), inputs, self.gates)
         return gates
 
-    def _temporary_fp32(self, backend: Backend) -> Engine:
+    def _temporary_fp32(self, backend: Backend) -> Callable[[], Engine]:
         """The fp32 engine the speed gate compares with, when the bundle does not ask for one (deleted after)."""
         art = exporter_of(backend)(self.ctx, "fp32")
         entry = self.ctx.denoiser.entry(backend.name, "fp32", f"{backend.target}-fp32-reference")
-        return load_engine(backend.name, art.path, entry, **side_by_side(backend))
+        return lambda: load_engine(backend.name, art.path, entry, **side_by_side(backend))
 
     def _runtime_text(self) -> RuntimeTextEncoder:
         if self._text is None:
