@@ -19,7 +19,10 @@ from typing import Any
 import torch
 
 from fewstep.core.resources import gib, require_disk, require_memory
+from fewstep.models.diffusers_dir import load_codec, pipeline_spec
+from fewstep.models.tiny_decoder import TinyDecoder, latent_layout, save_tiny_decoder
 from fewstep.testing.real_configs import CLIP_L, PIPELINES, SOURCES
+from fewstep.testing.tiny_pipelines import _words as shapes_words
 
 CLIP_VOCAB = 49408  # CLIP's BPE vocabulary size; ids 49406 / 49407 are <|startoftext|> / <|endoftext|>
 CLIP_TOKENS = 77
@@ -39,8 +42,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _words() -> list[str]:
-    from fewstep.testing.tiny_pipelines import _words as shapes_words
-
     extra = "a an the of in on with and photo painting portrait of cat dog city night sky mountain river forest"
     return sorted(set(shapes_words()) | set(extra.split()))
 
@@ -178,9 +179,6 @@ if __name__ == "__main__":
 def save_taesd_size_decoder(pipeline: str | Path, out: str | Path, seed: int = 0) -> Path:
     """A fewstep tiny decoder with TAESD's decoder layout (64 channels, 3 blocks per upsampling, 1.22M
     parameters) for `pipeline`'s VAE, random seeded weights: `fewstep export --tiny-decoder OUT` bundles it."""
-    from fewstep.models.diffusers_dir import load_codec, pipeline_spec
-    from fewstep.models.tiny_decoder import TinyDecoder, latent_layout, save_tiny_decoder
-
     spec = pipeline_spec(pipeline)
     codec = load_codec(spec)
     assert codec is not None  # every SD-family pipeline has a VAE
