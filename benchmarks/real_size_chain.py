@@ -54,6 +54,7 @@ def main() -> None:
         default=sys.executable,
         help="python of a runtime-only environment (no torch) for generate and bench",
     )
+    ap.add_argument("--engines", default="", help="comma-separated engine ids to generate with and bench (default all)")
     args = ap.parse_args()
     work = args.work / args.name
     work.mkdir(parents=True, exist_ok=True)
@@ -77,20 +78,22 @@ def main() -> None:
                             "--calibration-prompts", "4", "--speed-gate", "false", "--speed-batch", "1",
                             "--speed-runs", "2"], work / "export.log"))  # fmt: skip
     manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
-    engines = [e["id"] for e in manifest.get("engines", [])]
+    engines = [e["id"] for e in manifest.get("engines", []) if not args.engines or e["id"] in args.engines.split(",")]
     for engine in engines:
         for steps in (1, 2, 4):
-            stages.append(timed(f"generate {engine} {steps} steps", [*rt, "generate", str(bundle), "--engine", engine,
+            label = f"generate {engine} {steps} steps{_where(args)}"
+            stages.append(timed(label, [*rt, "generate", str(bundle), "--engine", engine,
                                 "--steps", str(steps), "--seeds", "0", "--prompt", "a red circle",
                                 "--out", str(work / f"gen-{engine}-{steps}.png")],
                                 work / f"gen-{engine}-{steps}.log"))  # fmt: skip
     for engine in engines:
-        stages.append(timed(f"bench {engine}", [*rt, "bench", str(bundle), "--engine", engine, "--batch-sizes", "1,4",
+        label = f"bench {engine}{_where(args)}"
+        stages.append(timed(label, [*rt, "bench", str(bundle), "--engine", engine, "--batch-sizes", "1,4",
                             "--runs", "2", "--warmup", "1", "--no-torch", "--teacher", "none",
                             "--out", str(work / f"bench-{engine}.json")], work / f"bench-{engine}.log"))  # fmt: skip
     sizes = {e["id"]: e.get("size_bytes") for e in manifest.get("engines", [])}
     benches = {}
-    for engine in engines:
+    for engine in [e["id"] for e in manifest.get("engines", [])]:
         f = work / f"bench-{engine}.json"
         if f.is_file():
             benches[engine] = json.loads(f.read_text())
@@ -105,10 +108,15 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{args.name}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    if old.get("stages") and not stages[:1]:
-        result["stages"] = old["stages"]
+    redone = {s["stage"] for s in stages}  # a rerun replaces the stages it ran and keeps the others
+    result["stages"] = [s for s in old.get("stages", []) if s["stage"] not in redone] + stages
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
+
+
+def _where(args: argparse.Namespace) -> str:
+    """Stage-name suffix naming a runtime environment other than this one (e.g. a torch-free venv)."""
+    return "" if args.runtime_python == sys.executable else f" ({args.runtime_python})"
 
 
 def _cpu() -> str:
