@@ -52,10 +52,6 @@ def _data_files(graph: Path) -> dict[str, str]:
     return {f.name: sha256_of(f) for f in onnx_files.graph_files(graph)[1:]}
 
 
-def _all_files(file: str, sha: str, data_files: dict[str, str]) -> dict[str, str]:
-    return {file: sha, **data_files}
-
-
 class Companions:
     """Writes (or keeps) the prompt encoder and image decoders of one export into `root`."""
 
@@ -123,11 +119,7 @@ class Companions:
         if self.pipe.codec is None:
             return None
         old = self.old.decoders.get("vae") if self.old else None
-        if (
-            old is not None
-            and made_here(self.old)
-            and files_valid(self.root, _all_files(old.file, old.sha256, old.data_files))
-        ):
+        if old is not None and made_here(self.old) and files_valid(self.root, {old.file: old.sha256, **old.data_files}):
             self.log("image decoder: unchanged, kept")
             return old
         decoder = ImageDecoder(self.pipe.codec, self.spec)

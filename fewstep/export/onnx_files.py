@@ -108,12 +108,7 @@ def relocate(src: Path, dst: Path, copy: bool = False) -> list[Path]:
 
 
 def remove(path: Path) -> None:
-    """Delete a graph and its weight file (whatever is left of them)."""
-    if path.is_file():
-        try:
-            for f in graph_files(path)[1:]:
-                f.unlink(missing_ok=True)
-        except Exception:  # an unreadable half-written graph: its side file has the conventional name
-            (path.parent / data_name(path)).unlink(missing_ok=True)
+    """Delete a graph and its weight file: fewstep only writes the side file under `data_name` (see `save` and
+    `relocate`), so a half-written graph need not be readable to be removed."""
     (path.parent / data_name(path)).unlink(missing_ok=True)
     path.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fewstep.core.manifest import TensorSpec
+from fewstep.export import onnx_files
 
 # platform -> the file name Triton looks for in a version directory (default_model_filename)
 PLATFORMS = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
@@ -152,21 +153,11 @@ def config_pbtxt(
 
 def _onnx_external_files(path: Path) -> list[str]:
     """Relative locations of an ONNX graph's external weight files (they must sit beside model.onnx)."""
-    import onnx  # export extra
-    from onnx.external_data_helper import uses_external_data  # export extra
-
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx_files.load_graph(path)
     except Exception as e:  # protobuf's DecodeError and friends: say which file
         raise ValueError(f"{path} is not an ONNX model ({e}); platform onnxruntime_onnx needs one") from e
-    names = {
-        e.value
-        for tensor in model.graph.initializer
-        if uses_external_data(tensor)
-        for e in tensor.external_data
-        if e.key == "location"
-    }
-    return sorted(names)
+    return sorted(onnx_files.external_files(path, model))
 
 
 def _copy_if_changed(src: Path, dst: Path) -> None:

@@ -121,8 +121,9 @@ def save_real_pipeline(name: str, out: str | Path, seed: int = 0, dtype: torch.d
     sizes = estimate(name)
     width = torch.finfo(dtype).bits // 8
     require_disk(sum(sizes.values()) * width, out, f"the {name} pipeline")
-    # building in fp32 then saving: the largest component's weights, its copy in `dtype`, and some slack
-    require_memory(int(max(sizes.values()) * (4 + width) * 1.1), f"building {name}'s largest component")
+    # built in fp32, then (for fp16) a copy in `dtype`: the largest component's bytes and some slack
+    copy = 0 if dtype == torch.float32 else width
+    require_memory(int(max(sizes.values()) * (4 + copy) * 1.1), f"building {name}'s largest component")
     out.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"_class_name": cfg["pipeline"], "_diffusers_version": diffusers.__version__}
 
