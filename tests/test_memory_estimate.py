@@ -24,6 +24,13 @@ def test_estimate_counts_weights_training_state_and_activations():
     assert off.total == off.weights + off.training + off.activations + FIXED_OVERHEAD
 
 
+def test_small_models_are_estimated_small():
+    """The demo's run (a 1.4M-parameter 32x32 student, batch 32, no checkpointing) must not be refused: the
+    activation term scales with the network, not only with the pixels (a pixel-only term asked 74 GiB)."""
+    est = estimate("guidance", 1_400_000, 1_400_000, 1_400_000, 32, 32 * 32, False)
+    assert est.total < 2 * 1024**3
+
+
 def test_a_run_that_cannot_fit_is_refused_before_training(tiny_teacher, tmp_path, monkeypatch):
     monkeypatch.setattr("fewstep.core.resources.available_memory", lambda: 1024**2)
     with pytest.raises(

@@ -3,8 +3,8 @@ cannot fit is refused with the figure instead of being killed by the OOM killer.
 
     weights     teacher + student + the method's extra networks (consistency: the target; DMD: the fake score)
     training    per trainable parameter: gradient, AdamW's two moments, the EMA copy (4 x 4 bytes)
-    activations batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL (with gradient checkpointing),
-                x CHECKPOINTING_OFF_FACTOR without it
+    activations batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL x (student params / the calibration
+                UNet's): a crude width scaling, with gradient checkpointing; x CHECKPOINTING_OFF_FACTOR without it
 
 The activation coefficient is calibrated on one run (benchmarks/results/real-size/README.md): an SD1.5-config
 LoRA consistency run at 64x64 latents, batch 1, with checkpointing, held 13.0-13.1 GB while training (resident
@@ -22,6 +22,7 @@ TRAINING_BYTES_PER_PARAM = 4 * FP32  # gradient, AdamW exp_avg and exp_avg_sq, E
 EXTRA_NETWORKS = {"consistency": 1, "dmd": 1}  # copies of the student beside it (target / fake score)
 EXTRA_TRAINABLE = {"dmd": 1}  # ... that also train (DMD's fake score has its own optimizer)
 ACTIVATION_BYTES_PER_LATENT_PIXEL = 600_000  # calibrated: SD1.5 UNet, checkpointing on (module docstring)
+CALIBRATION_PARAMS = 859_520_964  # the SD1.5 UNet the coefficient was measured on
 CHECKPOINTING_OFF_FACTOR = 4.0
 FIXED_OVERHEAD = 1 << 30  # Python, torch, text encoder and VAE working memory
 
@@ -46,7 +47,7 @@ def estimate(method: str, teacher_params: int, student_params: int, trainable: i
     extra = EXTRA_NETWORKS.get(method, 0)
     weights = FP32 * (teacher_params + student_params * (1 + extra))
     training = TRAINING_BYTES_PER_PARAM * trainable * (1 + EXTRA_TRAINABLE.get(method, 0))
-    act = batch * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL
+    act = batch * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL * student_params / CALIBRATION_PARAMS
     return MemoryEstimate(weights, training, int(act * (1 if checkpointing else CHECKPOINTING_OFF_FACTOR)))
 
 
