@@ -14,10 +14,11 @@ SD15 = 859_520_964
 
 def test_estimate_counts_weights_training_state_and_activations():
     lora = estimate("consistency", SD15, SD15, 8_000_000, 1, 64 * 64, True)
-    assert lora.weights == 4 * SD15 * 3  # teacher, student, target network
+    assert lora.weights == 4 * (2 * SD15 + 8_000_000)  # teacher, student, the target's own (trainable) weights
     assert lora.training == 16 * 8_000_000
     full = estimate("consistency", SD15, SD15, SD15, 1, 64 * 64, True)
-    assert full.total - lora.total == 16 * (SD15 - 8_000_000)
+    assert full.weights == 4 * SD15 * 3  # a full-weight target is a whole copy
+    assert full.total - lora.total == (16 + 4) * (SD15 - 8_000_000)
     assert full.total > 24 * 1024**3  # full-weight consistency of SD1.5 cannot fit 24 GiB
     off = estimate("guidance", SD15, SD15, SD15, 2, 64 * 64, False)
     assert off.activations == 2 * 4 * estimate("guidance", SD15, SD15, SD15, 1, 64 * 64, True).activations
@@ -45,7 +46,6 @@ def test_a_run_that_cannot_fit_is_refused_before_training(tiny_teacher, tmp_path
 def test_vae_decoding_is_chunked_and_gives_the_same_images(tmp_path, monkeypatch):
     import torch
 
-    from fewstep.models import pipeline as pipeline_module
     from fewstep.models.pipeline import TorchPipeline
     from fewstep.testing.tiny_pipelines import tiny_sd_pipeline
 
@@ -55,7 +55,7 @@ def test_vae_decoding_is_chunked_and_gives_the_same_images(tmp_path, monkeypatch
     calls = []
     decode = pipe.codec.decode
     monkeypatch.setattr(pipe.codec, "decode", lambda x: calls.append(len(x)) or decode(x))
-    monkeypatch.setattr(pipeline_module, "DECODE_PIXELS", 2 * 32 * 32)  # two 32x32 images per call
+    monkeypatch.setattr("fewstep.core.imaging.DECODE_PIXELS", 2 * 32 * 32)  # two 32x32 images per call
     chunked = pipe.decode(latents)
     assert calls == [2, 2, 1]
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)

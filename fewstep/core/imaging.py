@@ -9,6 +9,16 @@ from PIL import Image, ImageDraw
 
 from fewstep.core.fsio import atomic_write
 
+# output pixels an image decoder is given at once: two 512x512 images. At 512x512 the SD VAE decoder's
+# activations are ~1 GB per image, so a batch of 4-24 decoded together could fill a 24 GB machine.
+DECODE_PIXELS = 1 << 19
+
+
+def decode_chunks(n: int, pixels_per_image: int) -> list[slice]:
+    """Slices of a batch of `n` samples that keep each image-decoder call under DECODE_PIXELS output pixels."""
+    step = max(1, DECODE_PIXELS // max(1, pixels_per_image))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewstep.core.imaging import to_uint8
+from fewstep.core.imaging import decode_chunks, to_uint8
 from fewstep.core.sampling_rules import resolve_guidance as resolve_sampler_guidance
 from fewstep.core.sampling_rules import schedule, validate_request
 from fewstep.models.contract import FlowModel
@@ -28,9 +28,6 @@ def resolve_guidance(spec: dict, guidance: float | None) -> float:
     return resolve_sampler_guidance(spec["sampler"], guidance)
 
 
-DECODE_PIXELS = 1 << 19  # two 512x512 images per VAE call
-
-
 class TorchPipeline:
     """A flow model, its text encoder and its spec; `generate` is deterministic per (prompt, seed).
     Latent models (spec `latent`) sample latents and decode them with their VAE (`codec`, loaded from the
@@ -46,6 +43,10 @@ class TorchPipeline:
     def from_checkpoint(cls, name_or_path: str | Path) -> TorchPipeline:
         model, spec = load_model(name_or_path)
         return cls(model, spec, load_text_encoder(spec["text_encoder"]))
+
+    def release(self) -> None:
+        """Drop the torch networks (an export that needs only their ONNX graphs from here on); the spec stays."""
+        self.model = self.encoder = self.codec = None  # type: ignore[assignment]
 
     @property
     def default_guidance(self) -> float:
@@ -70,13 +71,12 @@ class TorchPipeline:
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples -> images in [-1, 1]: the VAE decoder for latent models, identity in pixel space. The VAE runs
-        on at most DECODE_PIXELS output pixels at a time: at 512x512 its activations are ~1 GB per image."""
+        """Samples -> images in [-1, 1]: the VAE decoder for latent models (a few images per call, see
+        `decode_chunks`), identity in pixel space."""
         if self.codec is None:
             return x
         per_image = x.shape[-1] * x.shape[-2] * self.codec_factor**2
-        chunk = max(1, DECODE_PIXELS // per_image)
-        return torch.cat([self.codec.decode(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+        return torch.cat([self.codec.decode(x[c]) for c in decode_chunks(len(x), per_image)])
 
     @property
     def codec_factor(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fewstep.core.imaging import to_uint8
+from fewstep.core.imaging import decode_chunks, to_uint8
 from fewstep.core.manifest import BundleError, DecoderEntry, EngineEntry, Manifest, read_manifest, verify_file
 from fewstep.core.noise import renoise_np, seeded_noise_np
 from fewstep.core.sampling_rules import validate_request
@@ -205,10 +205,16 @@ class Generator:
             x = self.sample(cond, s, times, w, negative_prompt)
             if self.decoder is not None:
                 t0 = time.perf_counter()
-                x = self.decoder.run({"latents": x})["image"]
+                x = np.concatenate([self.decoder.run({"latents": x[c]})["image"]
+                                    for c in decode_chunks(len(x), self._decoded_pixels())])  # fmt: skip
                 self._record("decode", t0)
             out.append(x)
         return np.concatenate(out)
+
+    def _decoded_pixels(self) -> int:
+        """Output pixels of one decoded image (the latent grid times the decoder's upsampling)."""
+        down = int((self.manifest.latent or {}).get("downsample", 8))
+        return self.shape[1] * self.shape[2] * down * down
 
 
 def pick_decoder(manifest: Manifest, name: str | None, root: Path) -> DecoderEntry:
