@@ -19,7 +19,10 @@ from fewstep.core.resources import gib, require_memory
 
 FP32 = 4
 TRAINING_BYTES_PER_PARAM = 4 * FP32  # gradient, AdamW exp_avg and exp_avg_sq, EMA
-EXTRA_NETWORKS = {"consistency": 1, "dmd": 1}  # copies of the student beside it (target / fake score)
+# networks beside the student: consistency's target (it shares a LoRA student's frozen base, so it costs its
+# trainable weights), DMD's fake score (a full copy of the teacher, trained)
+EXTRA_TARGETS = {"consistency": 1}
+EXTRA_NETWORKS = {"dmd": 1}
 EXTRA_TRAINABLE = {"dmd": 1}  # ... that also train (DMD's fake score has its own optimizer)
 ACTIVATION_BYTES_PER_LATENT_PIXEL = 600_000  # calibrated: SD1.5 UNet, checkpointing on (module docstring)
 CALIBRATION_PARAMS = 859_520_964  # the SD1.5 UNet the coefficient was measured on
@@ -44,8 +47,8 @@ class MemoryEstimate:
 
 def estimate(method: str, teacher_params: int, student_params: int, trainable: int, batch: int,
              latent_pixels: int, checkpointing: bool) -> MemoryEstimate:  # fmt: skip
-    extra = EXTRA_NETWORKS.get(method, 0)
-    weights = FP32 * (teacher_params + student_params * (1 + extra))
+    extra = EXTRA_NETWORKS.get(method, 0) * student_params + EXTRA_TARGETS.get(method, 0) * trainable
+    weights = FP32 * (teacher_params + student_params + extra)
     training = TRAINING_BYTES_PER_PARAM * trainable * (1 + EXTRA_TRAINABLE.get(method, 0))
     act = batch * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL * student_params / CALIBRATION_PARAMS
     return MemoryEstimate(weights, training, int(act * (1 if checkpointing else CHECKPOINTING_OFF_FACTOR)))

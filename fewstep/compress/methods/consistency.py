@@ -38,6 +38,7 @@ class ConsistencyLoss:
     solver: str = "euler"  # teacher ODE step: euler | heun
     distance: str = "pseudo_huber"
     target: torch.nn.Module | None = field(default=None, repr=False)
+    _frozen: set[str] = field(default_factory=set, repr=False)  # the student's frozen parameter names
 
     def __post_init__(self) -> None:
         if not 1 <= self.skip < self.grid:
@@ -48,7 +49,11 @@ class ConsistencyLoss:
         self.d = get_distance(self.distance)
 
     def init_target(self, student: torch.nn.Module) -> None:
-        self.target = copy.deepcopy(student).eval().requires_grad_(False)
+        # frozen weights (a LoRA student's base) never change: the target shares them instead of copying (at SD
+        # size a copy is 3.4 GB of memory and of every resume state); they are neither averaged nor saved
+        self._frozen = {n for n, p in student.named_parameters() if not p.requires_grad}
+        shared = {id(p): p for p in student.parameters() if not p.requires_grad}
+        self.target = copy.deepcopy(student, memo=shared).eval().requires_grad_(False)
 
     def to(self, device) -> None:
         self._teacher.to(device)
@@ -56,15 +61,21 @@ class ConsistencyLoss:
             self.target.to(device)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"target.{k}": v for k, v in self.target.state_dict().items()}
+        return {f"target.{k}": v for k, v in self.target.state_dict().items() if k not in self._frozen}
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        self.target.load_state_dict({k[len("target.") :]: v for k, v in state.items() if k.startswith("target.")})
+        own = {k[len("target.") :]: v for k, v in state.items() if k.startswith("target.")}
+        result = self.target.load_state_dict({k: v for k, v in own.items() if k not in self._frozen}, strict=False)
+        missing = [k for k in result.missing_keys if k not in self._frozen]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"the resume state's consistency target does not match the student "
+                             f"(e.g. {(missing or result.unexpected_keys)[0]})")  # fmt: skip
 
     @torch.no_grad()
     def after_step(self, model: torch.nn.Module) -> None:
         for p_t, p in zip(self.target.parameters(), model.parameters(), strict=True):
-            p_t.lerp_(p, 1 - self.target_decay)
+            if p_t is not p:  # shared frozen weights are their own average
+                p_t.lerp_(p, 1 - self.target_decay)
 
     @torch.no_grad()
     def _teacher_step(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: Cond) -> torch.Tensor:
