@@ -105,23 +105,28 @@ def test_dropped_connections_and_slow_clients_cost_no_engine_time(bundle):  # no
         metrics = httpx.get(live.url + "/metrics").text
     steps = 2  # the bundle's sampler: timesteps [1, 0.5, 0] -> 2 engine calls per batch
     assert gen.denoiser.calls == 2 * steps, "a client that left still cost engine time"
-    assert "fewstep_dropped_requests_total 3.0" in metrics
+    assert 'fewstep_dropped_requests_total{model="default"} 3.0' in metrics
 
 
 def test_oversized_bodies_get_413_with_or_without_content_length(bundle):  # noqa: F811
     _, live = _serve(bundle)
     big = json.dumps({"prompt": "x", "pad": "y" * 100_000}).encode()
     with live:
-        assert httpx.post(live.url + "/v1/generate", content=big,
-                          headers={"content-type": "application/json"}).status_code == 413  # fmt: skip
+        r = httpx.post(live.url + "/v1/generate", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large" and "x-request-id" in r.headers
 
         def chunks():  # no Content-Length: chunked transfer encoding
             for i in range(0, len(big), 4096):
                 yield big[i : i + 4096]
 
         r = httpx.post(live.url + "/v1/generate", content=chunks(), headers={"content-type": "application/json"})
-        assert r.status_code == 413
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
         assert httpx.post(live.url + "/v1/generate", json=BODY).status_code == 200
+    _, small = _serve(bundle, max_body_bytes=1024)  # --max-body-kib 1
+    with small:
+        padded = {**BODY, "prompt": "a red circle" + " " * 1100}
+        r = httpx.post(small.url + "/v1/generate", json=padded)
+        assert r.status_code == 413 and "larger than 1024 bytes" in r.json()["error"]["message"]
 
 
 def test_graceful_shutdown_under_load_loses_no_accepted_request(bundle):  # noqa: F811
@@ -151,12 +156,19 @@ def test_graceful_shutdown_under_load_loses_no_accepted_request(bundle):  # noqa
     assert not live.thread.is_alive()
 
 
-def test_fuzzing_the_openapi_description_gets_no_5xx(bundle):  # noqa: F811
+@pytest.mark.parametrize("auth", [False, True], ids=["open", "api-keys"])
+def test_fuzzing_the_openapi_description_gets_no_5xx(bundle, auth):  # noqa: F811
+    """With keys on, every case is sent with the key (no 5xx) and again without it (401 off the open paths)."""
     schemathesis = pytest.importorskip("schemathesis", reason="fuzzing needs schemathesis (the dev extra)")
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
 
-    _, live = _serve(bundle, max_queue=64, timeout_s=30)
+    from fewstep.runtime.server import OPEN_PATHS
+    from fewstep.runtime.server_guard import ApiKeys
+
+    key = "fuzz-" + "k" * 27
+    keys = ApiKeys.parse(f"fuzzer:{key}", "test") if auth else None
+    _, live = _serve(bundle, max_queue=64, timeout_s=30, api_keys=keys)
     calls: dict[str, list[int]] = {}
     with live:
         schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
@@ -168,9 +180,12 @@ def test_fuzzing_the_openapi_description_gets_no_5xx(bundle):  # noqa: F811
                 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
                           database=None)  # fmt: skip
                 def fuzz(case) -> None:
-                    response = case.call(timeout=60)
+                    headers = {"Authorization": f"Bearer {key}"} if auth else None
+                    response = case.call(timeout=60, headers=headers)
                     calls.setdefault(case.operation.label, []).append(response.status_code)
                     assert response.status_code < 500, (case.as_curl_command(), response.text[:300])
+                    if auth and case.operation.path not in OPEN_PATHS:
+                        assert case.call(timeout=60).status_code == 401, case.as_curl_command()
 
                 try:
                     fuzz()
@@ -183,3 +198,74 @@ def test_fuzzing_the_openapi_description_gets_no_5xx(bundle):  # noqa: F811
 
 
 FUZZ_EXAMPLES = 60  # per endpoint and mode; the README's figure
+
+
+def _start_serve(bundle, port: int):  # noqa: F811
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "fewstep.cli", "serve", str(bundle), "--port", str(port), "--pick", "priority",
+            "--max-batch", "2", "--max-wait-ms", "5", "--max-queue", "256", "--access-log", "off"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else "server exited"
+        assert time.time() < deadline, "server did not start"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+
+
+def test_kill_9_mid_batch_answers_nothing_half_and_a_restart_serves(bundle):  # noqa: F811
+    """A server process killed with SIGKILL while it works: every request in flight ends as a 200 with a whole PNG
+    or a transport error, none as a 200 with a cut body; the same port serves again after a restart, and SIGHUP
+    reloads its model without stopping it."""
+    import io
+    import os
+    import signal
+
+    from PIL import Image
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/generate"
+    proc = _start_serve(bundle, port)
+    answered = threading.Event()
+
+    def one(i: int) -> str:
+        try:
+            r = httpx.post(url, json={**BODY, "seed": i}, timeout=60)
+        except httpx.TransportError:
+            return "transport error"
+        answered.set()
+        try:
+            Image.open(io.BytesIO(r.content)).load()
+            return f"{r.status_code} whole"
+        except Exception:
+            return f"{r.status_code} cut"
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(one, i) for i in range(256)]
+        assert answered.wait(30), "no request was answered before the kill"
+        os.kill(proc.pid, signal.SIGKILL)  # while the rest wait in its queue or run in its engine
+        outcomes = [f.result() for f in futures]
+    proc.wait(timeout=30)
+    assert set(outcomes) <= {"200 whole", "transport error"}, sorted(set(outcomes))
+    assert "transport error" in outcomes  # the kill did land mid-work
+    restarted = _start_serve(bundle, port)
+    try:
+        r = httpx.post(url, json=BODY, timeout=60)
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (16, 16)
+        restarted.send_signal(signal.SIGHUP)  # systemd's ExecReload: load every model's bundle again
+        reload_line = f'fewstep_model_events_total{{event="reload",model="{bundle.name}"}} 1.0'
+        deadline = time.time() + 30
+        while reload_line not in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text:
+            assert restarted.poll() is None and time.time() < deadline, "SIGHUP did not reload the model"
+            time.sleep(0.1)
+        assert httpx.post(url, json=BODY, timeout=60).status_code == 200
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(timeout=60)

@@ -44,10 +44,11 @@ class SlowEngine:
 
 
 class LiveServer:
-    """uvicorn on 127.0.0.1 with an ephemeral port, in a thread."""
+    """uvicorn on 127.0.0.1 with an ephemeral port, in a thread; https when given ssl_certfile/ssl_keyfile."""
 
-    def __init__(self, app):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    def __init__(self, app, **ssl_files):
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **ssl_files)
+        self.server, self.scheme = uvicorn.Server(config), "https" if ssl_files else "http"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -57,7 +58,7 @@ class LiveServer:
             assert time.time() < deadline, "server did not start"
             time.sleep(0.01)
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{self.scheme}://127.0.0.1:{port}"
         return self
 
     def __exit__(self, *exc):
@@ -113,9 +114,10 @@ def test_bad_parameters_get_clear_4xx(bundle):
         for payload, status in cases:
             r = c.post("/v1/generate", json=payload)
             assert r.status_code == status, (payload, r.text)
-        assert "at most 32" in c.post("/v1/generate", json={"prompt": "a red circle " * 20}).json()["detail"]
+        too_long = c.post("/v1/generate", json={"prompt": "a red circle " * 20}).json()["error"]
+        assert "at most 32" in too_long["message"] and too_long["type"] == "invalid_request_error"
         assert (
-            c.post("/v1/generate", content=b"not json", headers={"content-type": "application/json"}).status_code == 422
+            c.post("/v1/generate", content=b"not json", headers={"content-type": "application/json"}).status_code == 400
         )
         assert (
             c.post("/v1/generate", content=b"x" * 100_000, headers={"content-type": "application/json"}).status_code
@@ -157,7 +159,7 @@ def test_full_queue_gets_429_with_retry_after_and_slow_requests_504(bundle):
     _, live = _serve(bundle, delay=0.5, timeout_s=0.2)
     with live:
         r = httpx.post(live.url + "/v1/generate", json={"prompt": "a red circle"}, timeout=30)
-        assert r.status_code == 504 and "within 0.2 s" in r.json()["detail"]
+        assert r.status_code == 504 and "within 0.2 s" in r.json()["error"]["message"]
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,10 +134,11 @@ class MicroBatcher:
             first = await self._next()
             if first.settled:  # the client gave up (timeout or disconnect): costs nothing
                 continue
+            self._busy = True  # from here its jobs are in no queue: not idle (drain and eviction wait for them)
             jobs = [j for j in await self._gather(first) if not j.settled]
             if not jobs:
+                self._busy = False
                 continue
-            self._busy = True
             prompts = [p for j in jobs for p in j.prompts]
             seeds = [s for j in jobs for s in j.seeds]
             start = time.perf_counter()
@@ -168,3 +170,5 @@ class MicroBatcher:
             await asyncio.sleep(0.01)
         if self._worker:
             self._worker.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._worker  # ended: it holds no engine call and no job any more

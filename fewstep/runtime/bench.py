@@ -84,7 +84,7 @@ def bench_batches(gen: Generator, batch_sizes: list[int], runs: int, warmup: int
         rows.append({
             "batch": b,
             **stats,
-            "images_per_s": round(b / (stats["p50_ms"] / 1e3), 2),
+            "images_per_s": float(f"{b / (stats['p50_ms'] / 1e3):.3g}"),
             "stages_p50_ms": {k: round(1e3 * float(np.median(v)), 3) for k, v in stages.items()},
         })  # fmt: skip
     return rows
@@ -141,12 +141,22 @@ def cold_start(bundle: str | Path, engine: str | None = None, threads: int = 0, 
                      timeout)  # fmt: skip
 
 
+def probe_timeout(batches: list[dict[str, Any]], runs: int) -> float:
+    """Seconds a fresh process gets to load a bundle and make 1 + `runs` single images: 5 minutes plus three times
+    what they take at the smallest measured batch (an SD-size engine needs ~30 s an image on a small CPU)."""
+    smallest = min(batches, key=lambda r: r["batch"])
+    return 300.0 + 3 * (1 + runs) * float(smallest["p50_ms"]) / 1e3
+
+
 def run_probe(code: str, args: list[str], threads: int, timeout: float) -> dict[str, Any]:
     """Run a probe script in a fresh Python (argv[1] = its start time) and parse the `FEWSTEP_BENCH {json}` line
     it prints; times are rounded to ms. A probe that dies is {"ok": False, "error": ...}, never an exception."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or os.cpu_count() or 1))
-    proc = subprocess.run([sys.executable, "-c", code, str(time.time()), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)  # fmt: skip
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(time.time()), *args], capture_output=True,
+                              text=True, timeout=timeout, env=env)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("FEWSTEP_BENCH ")), None)
     if line is None:
         return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}

@@ -17,7 +17,7 @@ from fewstep.core.manifest import BundleError, DecoderEntry, EngineEntry, Manife
 from fewstep.core.noise import renoise_np, seeded_noise_np
 from fewstep.core.sampling_rules import validate_request
 from fewstep.runtime.engine import BackendUnavailable, Engine
-from fewstep.runtime.registry import engine_order, load_engine
+from fewstep.runtime.registry import engine_order, get_backend, load_engine
 from fewstep.runtime.samplers import consistency_np, euler_np
 from fewstep.runtime.text import RuntimeTextEncoder
 
@@ -73,20 +73,19 @@ class Generator:
         if not candidates:
             raise BundleError(f"bundle {root} holds no engine that passed its gates; see 'refused' in its manifest")
         text = RuntimeTextEncoder.from_bundle(root, manifest.text_encoder, threads)
-        image_decoder = None
-        if manifest.decoders:
-            d = pick_decoder(manifest, decoder, root)
-            image_decoder = open_decoder(root, d, threads)
-        elif decoder is not None:
+        d = pick_decoder(manifest, decoder, root) if manifest.decoders else None
+        if d is None and decoder is not None:
             raise BundleError(f"bundle {root} works in pixel space: it has no image decoder to choose")
         reasons = []
         for entry in candidates:
             paths = [verify_file(root, name, sha) for name, sha in entry.files.items()]
             try:
                 engine_obj = load_engine(entry.backend, paths[0], entry, threads=threads, **engine_options)
-                return cls(manifest, engine_obj, text, entry, image_decoder)
             except BackendUnavailable as e:
                 reasons.append(f"{entry.id}: {e}")
+                continue
+            image_decoder = open_decoder(root, d, threads, entry) if d is not None else None
+            return cls(manifest, engine_obj, text, entry, image_decoder)
         raise BackendUnavailable("no engine of this bundle can run here: " + "; ".join(reasons))
 
     @property
@@ -226,12 +225,27 @@ def pick_decoder(manifest: Manifest, name: str | None, root: Path) -> DecoderEnt
     return manifest.decoders[name]
 
 
-def open_decoder(root: Path, d: DecoderEntry, threads: int | None = None) -> Engine:
-    """An image decoder's engine (its files checked against their sha256 first)."""
+def decoder_backend(d: DecoderEntry, denoiser: EngineEntry | None) -> tuple[str, str]:
+    """(backend, precision) that runs image decoder `d` beside the denoiser engine `denoiser`: the decoder's own,
+    unless the denoiser's backend says where its ONNX decoders run at that precision (`Backend.onnx_decoder_at`:
+    OpenVINO's bf16 engines decode in bf16 too). Export gates decode the same way, so the gate sees what the
+    runtime makes."""
+    if denoiser is not None and d.file.endswith(".onnx"):
+        at = get_backend(denoiser.backend).onnx_decoder_at.get(denoiser.precision)
+        if at is not None:
+            return denoiser.backend, at
+    return d.backend, d.precision
+
+
+def open_decoder(root: Path, d: DecoderEntry, threads: int | None = None,
+                 denoiser: EngineEntry | None = None) -> Engine:  # fmt: skip
+    """An image decoder's engine (its files checked against their sha256 first), for the denoiser engine
+    `denoiser` (see decoder_backend)."""
     path = verify_file(root, d.file, d.sha256)
     for name, sha in d.data_files.items():  # external weights: the backend reads them beside the graph
         verify_file(root, name, sha)
-    entry = EngineEntry(id=f"decoder:{d.file}", backend=d.backend, precision=d.precision,
+    backend, precision = decoder_backend(d, denoiser)
+    entry = EngineEntry(id=f"decoder:{d.file}", backend=backend, precision=precision,
                         files={d.file: d.sha256, **d.data_files},
                         inputs=d.inputs, outputs=d.outputs)  # fmt: skip
-    return load_engine(d.backend, path, entry, threads=threads)
+    return load_engine(backend, path, entry, threads=threads)

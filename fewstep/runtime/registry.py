@@ -26,7 +26,7 @@ from fewstep.runtime.engine import BackendUnavailable, Engine
 
 PLUGIN_PACKAGE = "fewstep.backends"
 ENTRY_POINT_GROUP = "fewstep.backends"
-PRECISION_PRIORITY = ("int8", "fp16", "fp32")  # among one backend's engines, the fastest kind first
+PRECISION_PRIORITY = ("int8", "bf16", "fp16", "fp32")  # among one backend's engines, the fastest kind first
 
 OpenEngine = Callable[..., Engine]  # (path, entry: EngineEntry, **options) -> Engine
 
@@ -47,8 +47,14 @@ class Backend:
     quantizers: tuple[str, ...] = ()  # int8 quantizers its exporter offers: one engine each (`--quantizer`)
     comparison: bool = False  # a comparison point (torch eager): never preferred, served only when nothing else runs
     build_where_run: bool = False  # engines tied to the GPU that builds them (TensorRT): exported there only
+    # its exporter reads only the shared fp32 ONNX graph (`fewstep.export.targets.onnx.shared_fp32`): once that
+    # graph is written, an export whose engines all start from it frees the torch model (several GB at SD size)
+    from_onnx: bool = False
     triton_platform: str | None = None  # its platform in a Triton model repository, if Triton serves it
     side_by_side_options: dict[str, Any] = field(default_factory=dict)  # for engines timed beside others
+    # beside one of its engines of precision P, the bundle's ONNX image decoder runs on this backend at precision
+    # onnx_decoder_at[P] (OpenVINO bf16: in f32 the VAE would take most of an image's time); absent: as exported
+    onnx_decoder_at: dict[str, str] = field(default_factory=dict)
     description: str = ""  # one line for `fewstep export --help`
 
 
