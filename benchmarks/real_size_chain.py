@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from fewstep.core.manifest import IN_PROGRESS  # the marker of an unfinished export
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "real-size"
 
@@ -42,6 +44,48 @@ def timed(name: str, cmd: list[str], log: Path) -> dict:
     return out
 
 
+def served(name: str, cmd: list[str], port: int, log: Path, requests: int = 3) -> dict:
+    """Start `fewstep serve`, wait for /readyz, time `requests` sequential POST /v1/generate (one 512x512 image
+    each), read the server's peak RSS (VmHWM), stop it."""
+    import urllib.request
+
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        server = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    out: dict = {"stage": name, "command": " ".join(cmd), "rc": 0}
+    try:
+        while True:
+            if server.poll() is not None:
+                return {**out, "rc": server.returncode, "tail": log.read_text(errors="replace")[-1500:]}
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        out["ready_s"] = round(time.perf_counter() - t0, 1)
+        latencies = []
+        for i in range(requests):
+            body = json.dumps({"prompt": "a red circle", "seed": i}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/generate", body,
+                                         {"content-type": "application/json"})  # fmt: skip
+            t1 = time.perf_counter()
+            with urllib.request.urlopen(req, timeout=900) as r:
+                png = r.read()
+            latencies.append(round(time.perf_counter() - t1, 2))
+            out["png_bytes"] = len(png)
+        out["request_s"] = latencies
+        hwm = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{server.pid}/status").read_text())
+        out["peak_rss_gb"] = round(int(hwm.group(1)) * 1024 / 1e9, 2) if hwm else None
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(f"    -> ready in {out['ready_s']} s, requests {out['request_s']} s, peak {out['peak_rss_gb']} GB",
+          flush=True)  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", help="a config of fewstep.testing.real_configs (sd15, sd-turbo, ...)")
@@ -55,6 +99,14 @@ def main() -> None:
         help="python of a runtime-only environment (no torch) for generate and bench",
     )
     ap.add_argument("--engines", default="", help="comma-separated engine ids to generate with and bench (default all)")
+    ap.add_argument("--serve-all", action="store_true", help="serve every engine (default: the first one)")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--to", default="onnx,openvino", help="export targets (an interrupted export resumes, keeping "
+                    "the engines it finished: e.g. --to openvino after an OOM in an ONNX engine)")  # fmt: skip
+    ap.add_argument("--bench-batches", default="1,4", help="batch sizes for fewstep bench")
+    ap.add_argument("--skip", default="", help="comma-separated runtime stages not to run: generate, bench, serve")
+    ap.add_argument("--sample-every", type=int, default=0, help="distillation sample grids (0: none; at random "
+                    "weights they show noise, and 24 images at 512x512 take minutes)")  # fmt: skip
     args = ap.parse_args()
     work = args.work / args.name
     work.mkdir(parents=True, exist_ok=True)
@@ -70,27 +122,34 @@ def main() -> None:
                             "--out", str(run), "--student", "same", "--lora-rank", "8", "--gradient-checkpointing",
                             "--batch-size", "1",
                             "--steps", str(args.distill_steps), "--student-steps", str(args.student_steps),
-                            "--dataset-size", "4", "--sample-every", "1000", "--checkpoint-every", "1000",
+                            "--dataset-size", "4", "--sample-every", str(args.sample_every),
+                            "--checkpoint-every", "1000",
                             "--no-progress"], work / "distill.log"))  # fmt: skip
-    if not (bundle / "manifest.json").is_file():
-        stages.append(timed("export", [*fewstep, "export", str(run), "--out", str(bundle), "--to", "onnx,openvino",
+    if not (bundle / "manifest.json").is_file() or (bundle / IN_PROGRESS).exists():
+        name = "export" if args.to == "onnx,openvino" else f"export --to {args.to}"
+        stages.append(timed(name, [*fewstep, "export", str(run), "--out", str(bundle), "--to", args.to,
                             "--precision", args.precision, "--quantizer", "nncf", "--parity-prompts", "2",
                             "--calibration-prompts", "4", "--speed-gate", "false", "--speed-batch", "1",
                             "--speed-runs", "2"], work / "export.log"))  # fmt: skip
     manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
     engines = [e["id"] for e in manifest.get("engines", []) if not args.engines or e["id"] in args.engines.split(",")]
-    for engine in engines:
+    skip = set(args.skip.split(",")) - {""}
+    for engine in [] if "generate" in skip else engines:
         for steps in (1, 2, 4):
             label = f"generate {engine} {steps} steps{_where(args)}"
             stages.append(timed(label, [*rt, "generate", str(bundle), "--engine", engine,
                                 "--steps", str(steps), "--seeds", "0", "--prompt", "a red circle",
                                 "--out", str(work / f"gen-{engine}-{steps}.png")],
                                 work / f"gen-{engine}-{steps}.log"))  # fmt: skip
-    for engine in engines:
+    for engine in [] if "bench" in skip else engines:
         label = f"bench {engine}{_where(args)}"
-        stages.append(timed(label, [*rt, "bench", str(bundle), "--engine", engine, "--batch-sizes", "1,4",
+        stages.append(timed(label, [*rt, "bench", str(bundle), "--engine", engine, "--batch-sizes", args.bench_batches,
                             "--runs", "2", "--warmup", "1", "--no-torch", "--teacher", "none",
                             "--out", str(work / f"bench-{engine}.json")], work / f"bench-{engine}.log"))  # fmt: skip
+    for engine in [] if "serve" in skip else engines if args.serve_all else engines[:1]:
+        stages.append(served(f"serve {engine}{_where(args)}", [*rt, "serve", str(bundle), "--engine", engine,
+                             "--max-batch", "1", "--timeout", "600", "--port", str(args.port)], args.port,
+                             work / f"serve-{engine}.log"))  # fmt: skip
     sizes = {e["id"]: e.get("size_bytes") for e in manifest.get("engines", [])}
     benches = {}
     for engine in [e["id"] for e in manifest.get("engines", [])]:

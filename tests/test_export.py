@@ -183,8 +183,11 @@ def test_interrupted_export_never_looks_complete(ckpts, tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="incomplete"):
         Generator.from_bundle(out)
     monkeypatch.undo()
+    finished = out / "denoiser.onnx-fp32.onnx"
+    stamp = finished.stat().st_mtime_ns
     manifest = _export(ckpts["euler-none"], out, to=("onnx", "openvino"), precision=("fp32",))
     assert not (out / IN_PROGRESS).exists() and len(manifest["engines"]) == 2
+    assert finished.stat().st_mtime_ns == stamp  # the engine finished before the kill is kept, not rebuilt
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
 
@@ -237,6 +240,19 @@ def test_speed_gate_refuses_an_engine_slower_than_fp32():
 
 
 @pytest.mark.slow
+def test_speed_gate_times_big_engines_one_after_the_other(ckpts, cfg_bundle, tmp_path, monkeypatch):
+    from fewstep.export import engine_build
+
+    _out, small = cfg_bundle  # tiny engines: held together, runs interleaved
+    assert {e["gates"]["speed"]["timed"] for e in small["engines"] if e["precision"] != "fp32"} == {"interleaved"}
+    monkeypatch.setattr(engine_build, "INTERLEAVE_BELOW", 0)  # every engine counts as SD-size
+    manifest = _export(ckpts["euler-none"], tmp_path / "b", to=("onnx",), precision=("fp16",))
+    (fp16,) = manifest["engines"]  # its fp32 reference is a temporary engine, deleted after
+    speed = fp16["gates"]["speed"]
+    assert speed["timed"] == "one after the other" and speed["ms"] > 0 and speed["fp32_ms"] > 0
+    assert not list((tmp_path / "b").glob("*reference*"))
+
+
 def test_bundled_tokenizer_and_text_encoder_match_torch(cfg_bundle, encoder):
     from fewstep.core.errors import PromptTooLongError
     from fewstep.runtime.text import RuntimeTextEncoder
@@ -351,6 +367,17 @@ def test_bench_cli_reports_latency_stages_cold_start_and_edge_profiles(cfg_bundl
     with pytest.raises(SystemExit) as refused:  # argparse refuses it before any work
         main(["bench", str(root), "--runs", "0"])
     assert refused.value.code == 2 and "--runs: must be >= 1" in capsys.readouterr().err
+
+
+def test_a_probe_past_its_timeout_is_a_failed_row_and_the_timeout_follows_the_engine_speed():
+    from fewstep.runtime.bench import probe_timeout, run_probe
+
+    slow = run_probe("import time; time.sleep(30)", [], threads=1, timeout=0.5)
+    assert not slow["ok"] and slow["error"].startswith("timed out after")
+    fast = [{"batch": 4, "p50_ms": 100.0}, {"batch": 1, "p50_ms": 40.0}]
+    sd_size = [{"batch": 1, "p50_ms": 28_000.0}]  # an SD1.5 UNet, 4 steps, on 2 cores
+    assert probe_timeout(fast, 10) == pytest.approx(300 + 3 * 11 * 0.04)
+    assert probe_timeout(sd_size, 10) > 11 * 28  # room for eleven images at that speed
 
 
 def test_engine_boundary_rejects_wrong_names_dtypes_and_shapes():
@@ -484,3 +511,41 @@ def test_openvino_compiled_model_cache_is_reused_by_a_later_load(cfg_bundle, tmp
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ValueError, match="cache directory"):
         Generator.from_bundle(root, engine="openvino-fp32", cache_dir=str(tmp_path / "a-file" / "cache"))
+
+
+def test_a_released_denoiser_says_why_it_cannot_run():
+    from fewstep.export.denoiser import Denoiser
+
+    d = Denoiser(torch.nn.Identity(), {"channels": 1, "height": 4, "width": 4}, tokens=2, text_dim=3)
+    d.release()
+    assert d.io_specs()[0]["x"].shape == ("B", 1, 4, 4)  # the signature stays
+    with pytest.raises(RuntimeError, match="released after its fp32 ONNX graph"):
+        d(*d.example_inputs(1))
+
+
+def test_static_int8_that_would_not_fit_memory_is_refused_before_it_starts(ckpts, tmp_path, monkeypatch):
+    """NNCF's static int8 calibration holds several copies of the graph (an SD-size one was OOM-killed): with too
+    little memory available, that engine is refused up front with the estimate and the way out, and the export
+    goes on with the others."""
+    from fewstep.export import engine_build
+
+    graph_seen = []
+    monkeypatch.setattr("fewstep.core.resources.available_memory", lambda: 1024)  # 1 KiB: nothing fits
+    real = engine_build.EngineBuilder._memory_refusal
+
+    def spy(self, job):
+        refused = real(self, job)
+        graph_seen.append((job.id, refused is not None))
+        return refused
+
+    monkeypatch.setattr(engine_build.EngineBuilder, "_memory_refusal", spy)
+    manifest = _export(ckpts["euler-none"], tmp_path / "b", to=("onnx",), precision=("fp32", "int8"))
+    written = [e["id"] for e in manifest["engines"]]
+    assert "onnx-fp32" in written and "onnx-int8-nncf" not in written  # ORT's own quantizer is not NNCF's: built
+    refused = {e["id"]: e for e in manifest["refused"]}["onnx-int8-nncf"]
+    assert (
+        refused["size_bytes"] == 0
+        and "NNCF static int8 calibration needs about" in refused["reason"]
+        and "int8w or int4w" in refused["reason"]
+    )
+    assert ("onnx-int8-nncf", True) in graph_seen and ("onnx-fp32", False) in graph_seen

@@ -5,6 +5,7 @@ file (engines of each precision, prompt graph, VAE decoder) in seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,8 @@ def test_relocate_copy_keeps_the_source_and_its_weights(tmp_path, monkeypatch):
 def test_a_bundle_of_external_data_graphs_runs_like_one_of_inline_graphs(tmp_path, monkeypatch):
     """Every graph of a latent bundle with its weights outside (as SD-size graphs have them): fp32, fp16 and
     both int8 quantizers on ONNX Runtime and OpenVINO pass their gates, every data file is listed with its
-    sha256 and checked on load, and the images equal those of the same bundle with inline graphs."""
+    sha256 and checked on load, and the images equal those of the same bundle's ONNX engines with inline graphs
+    (exported without OpenVINO and fp16, which have no external-data path of their own to compare)."""
     from fewstep.core.manifest import BundleError
     from fewstep.export.bundle import BundleExport
     from fewstep.export.config import ExportConfig
@@ -83,7 +85,8 @@ def test_a_bundle_of_external_data_graphs_runs_like_one_of_inline_graphs(tmp_pat
     pipe = tiny_sd_pipeline(tmp_path / "sd")
     cfg = ExportConfig(to=("onnx", "openvino"), precision=("fp32", "fp16", "int8"), parity_prompts=2,
                        calibration_prompts=4, speed_gate=False, min_psnr_int8=15.0)  # a random teacher  # fmt: skip
-    inline = BundleExport(str(pipe), tmp_path / "inline", cfg, log=lambda m: None).run()
+    inline_cfg = dataclasses.replace(cfg, to=("onnx",), precision=("fp32", "int8"))
+    inline = BundleExport(str(pipe), tmp_path / "inline", inline_cfg, log=lambda m: None).run()
     monkeypatch.setattr(onnx_target, "EXTERNAL_DATA_ABOVE", 0)
     manifest = BundleExport(str(pipe), tmp_path / "external", cfg, log=lambda m: None).run()
     root = tmp_path / "external"
@@ -97,15 +100,16 @@ def test_a_bundle_of_external_data_graphs_runs_like_one_of_inline_graphs(tmp_pat
     assert list(manifest.decoders["vae"].data_files) == ["decoder.onnx.data"]
     assert not list(root.glob(".*")), "temporary files were left behind"
     prompts = ["a red circle", "a blue square"]
-    for engine in ("onnx-fp32", "openvino-fp32"):
-        want = Generator.from_bundle(tmp_path / "inline", engine=engine).generate(prompts, [1, 2])
+    want = Generator.from_bundle(tmp_path / "inline", engine="onnx-fp32").generate(prompts, [1, 2])
+    for engine in ("onnx-fp32", "openvino-fp32"):  # OpenVINO read the fp32 graph and its data file by path
         got = Generator.from_bundle(root, engine=engine).generate(prompts, [1, 2])
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, engine
     # the same quantization from weights outside the graph as from weights inside it
     psnr = {e.id: e.gates["parity"]["psnr_db"] for e in inline.engines}
-    assert psnr.keys() == {e.id for e in manifest.engines}
+    assert psnr.keys() == {e.id for e in onnx_engines if e.precision != "fp16"}
     for e in manifest.engines:
-        assert abs(e.gates["parity"]["psnr_db"] - psnr[e.id]) < 0.5, (e.id, e.gates, psnr[e.id])
+        if e.id in psnr:
+            assert abs(e.gates["parity"]["psnr_db"] - psnr[e.id]) < 0.5, (e.id, e.gates, psnr[e.id])
     data = root / "denoiser.onnx-fp32.onnx.data"
     with open(data, "r+b") as f:  # one flipped byte in the weights is caught before the engine runs
         f.seek(100)

@@ -64,9 +64,10 @@ def test_vae_decoder_onnx_matches_torch(pipeline, tmp_path):
 
 
 @pytest.mark.slow
-def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
+def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path, monkeypatch):
     """Distil -> export (denoiser, prompt graph over every text encoder, VAE decoder) -> the runtime, with torch,
-    diffusers and transformers unimportable, gives the torch student's images."""
+    diffusers and transformers unimportable, gives the torch student's images; the export freed the torch models
+    once the ONNX graph was written, and decoding a few images per call gives the same images."""
     import subprocess
     import sys
 
@@ -77,7 +78,9 @@ def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
     student = distill_tiny(pipeline, tmp_path / "run", "progressive", start_steps=4, student_steps=2, dataset_size=16,
                            steps=2, batch_size=2, sample_every=100)  # fmt: skip
     cfg = ExportConfig(to=("onnx",), precision=("fp32",), parity_prompts=4, calibration_prompts=4)
-    manifest = BundleExport(str(student), tmp_path / "bundle", cfg, log=lambda m: None).run().to_json()
+    logs: list[str] = []
+    manifest = BundleExport(str(student), tmp_path / "bundle", cfg, log=logs.append).run().to_json()
+    assert any(line.startswith("torch models released") for line in logs), logs
     assert manifest["decoder"]["outputs"]["image"]["shape"] == ["B", 3, IMAGE_SIZE, IMAGE_SIZE]
     assert manifest["engines"][0]["gates"]["parity"]["passed"] is True
     stamps = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "bundle").iterdir() if f.is_file()}
@@ -100,6 +103,11 @@ def test_latent_bundle_runs_torch_free_like_torch(pipeline, tmp_path):
     images = np.load(tmp_path / "out.npy")
     assert images.shape == ref.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1
+    from fewstep.runtime import Generator
+
+    monkeypatch.setattr("fewstep.core.imaging.DECODE_PIXELS", 1)  # one image per decoder call
+    one_by_one = Generator.from_bundle(tmp_path / "bundle").generate(prompts, [7, 8])
+    np.testing.assert_array_equal(one_by_one, images)
 
 
 @pytest.mark.slow

@@ -59,3 +59,24 @@ def test_vae_decoding_is_chunked_and_gives_the_same_images(tmp_path, monkeypatch
     chunked = pipe.decode(latents)
     assert calls == [2, 2, 1]
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_vae_encoding_of_a_dataset_is_chunked_and_gives_the_same_latents(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    from fewstep.compress.data import encode_latents
+    from fewstep.models.pipeline import TorchPipeline
+    from fewstep.testing.tiny_pipelines import tiny_sd_pipeline
+
+    codec = TorchPipeline.from_checkpoint(tiny_sd_pipeline(tmp_path / "sd")).codec
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        whole = encode_latents(codec, images)
+        calls = []
+        encode = codec.encode
+        monkeypatch.setattr(codec, "encode", lambda x: calls.append(len(x)) or encode(x))
+        monkeypatch.setattr("fewstep.core.imaging.DECODE_PIXELS", 2 * 32 * 32)  # two 32x32 images per call
+        chunked = encode_latents(codec, images)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)

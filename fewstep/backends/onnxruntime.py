@@ -65,6 +65,7 @@ def unavailable_reason() -> str | None:
 BACKEND = register_backend(Backend(
     name="onnxruntime", target="onnx", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=40,
     precisions=("fp32", "fp16", "int8"), exporter="fewstep.export.targets.onnx:export", quantizers=("nncf", "ort"),
+    from_onnx=True,
     triton_platform="onnxruntime_onnx", side_by_side_options={"spinning": False},
     description="fp32, fp16, int8 (NNCF or ONNX Runtime QDQ; calibration from the student's own sampler)",
 ))  # fmt: skip

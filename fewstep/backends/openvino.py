@@ -32,12 +32,23 @@ MAX_SHAPES = 8  # compiled batch sizes kept: 1, 2, 4, ..., 128
 CACHE_ENV = "FEWSTEP_OPENVINO_CACHE_DIR"
 
 
+def native_bf16(core: Any, device: str = "CPU") -> bool:
+    """Whether `device` computes bf16 natively (on a CPU: AMX or AVX-512 BF16). Elsewhere bf16 is emulated and far
+    slower than f32 (a torch bf16 matmul ran ~130x slower on the AVX2 machine, docs/reference/toolchain.md), which
+    is why OpenVINO itself defaults to f32 there."""
+    try:
+        return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:  # a device that does not report its capabilities
+        return False
+
+
 class OpenVINOEngine:
     backend = "openvino"
 
     def __init__(
         self, path: Path, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec], threads: int | None = None,
         device: str = "CPU", static_shapes: bool = True, max_shapes: int = MAX_SHAPES, cache_dir: str | None = None,
+        inference_precision: str = "f32",
     ):  # fmt: skip
         if why := unavailable_reason():
             raise BackendUnavailable(why)
@@ -50,8 +61,12 @@ class OpenVINOEngine:
             )
         if max_shapes < 1:
             raise ValueError(f"max_shapes must be >= 1; got {max_shapes}")
-        # never bf16 on CPUs (docs/reference/toolchain.md: ~130x slower than fp32 there)
-        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
+        # f32 unless the engine is a bf16 one: OpenVINO's own default on a CPU with native bf16 is bf16, which would
+        # break the parity of fp32/fp16/int8 engines with the torch student (bf16 engines pass their own gate)
+        if inference_precision == "bf16" and not native_bf16(self._core, device):
+            why = f"{device} here has no AMX or AVX-512 BF16, and emulated bf16 is far slower than f32"
+            raise BackendUnavailable(f"a bf16 engine needs native bf16 ({why}); use an fp32, fp16 or int8 engine")
+        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": inference_precision} if device == "CPU" else {}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         cache_dir = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV, "")
@@ -127,15 +142,19 @@ def _buckets(rows: int) -> list[int]:
 def open_engine(path: Path, entry: EngineEntry, threads: int | None = None, device: str = "CPU",
                 static_shapes: bool = True, max_shapes: int = MAX_SHAPES, cache_dir: str | None = None,
                 ) -> OpenVINOEngine:  # fmt: skip
-    return OpenVINOEngine(path, entry.inputs, entry.outputs, threads, device, static_shapes, max_shapes, cache_dir)
+    precision = "bf16" if entry.precision == "bf16" else "f32"  # fp16 engines: fp16-stored weights, f32 compute
+    return OpenVINOEngine(path, entry.inputs, entry.outputs, threads, device, static_shapes, max_shapes, cache_dir,
+                          precision)  # fmt: skip
 
 
 def unavailable_reason() -> str | None:
-    return missing_module("pip install openvino (or pip install 'fewstep[export]')", "openvino")
+    return missing_module("pip install 'fewstep[openvino]' (torch-free) or 'fewstep[export]'", "openvino")
 
 
 BACKEND = register_backend(Backend(
     name="openvino", target="openvino", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=50,
-    precisions=("fp32", "fp16", "int8", "int8w", "int4w"), exporter="fewstep.export.targets.openvino:export",
-    description="fp32, fp16, int8 (NNCF), int8w and int4w (weight-only)",
+    precisions=("fp32", "fp16", "bf16", "int8", "int8w", "int4w"), exporter="fewstep.export.targets.openvino:export",
+    from_onnx=True, onnx_decoder_at={"bf16": "bf16"},
+    description="fp32, fp16, bf16 (computed in bf16: CPUs with AMX or AVX-512 BF16), int8 (NNCF), int8w and int4w "
+    "(weight-only)",
 ))  # fmt: skip

@@ -201,6 +201,7 @@ def open_engine(path: Path, entry: EngineEntry, device: int = 0, threads: int | 
 BACKEND = register_backend(Backend(
     name="tensorrt", target="tensorrt", open_engine=open_engine, unavailable_reason=unavailable_reason, priority=10,
     precisions=("fp32", "fp16", "int8"), exporter="fewstep.export.targets.tensorrt:export", build_where_run=True,
+    from_onnx=True,
     triton_platform="tensorrt_plan",
     description="fp32, fp16, int8 (explicit Q/DQ from NNCF); builds only on an NVIDIA GPU with TensorRT",
 ))  # fmt: skip

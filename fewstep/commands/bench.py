@@ -15,8 +15,18 @@ from fewstep.core.errors import install_hint
 from fewstep.core.fsio import atomic_write_text
 from fewstep.core.manifest import Manifest
 from fewstep.core.shipped import SHIPPED
-from fewstep.runtime.bench import DEFAULT_PROMPTS, EDGE_PROFILES, bench_batches, cold_start, machine, percentiles
+from fewstep.runtime.bench import (
+    DEFAULT_PROMPTS,
+    EDGE_PROFILES,
+    bench_batches,
+    cold_start,
+    machine,
+    percentiles,
+    probe_timeout,
+)
 from fewstep.runtime.generator import Generator
+
+COLD_START_RUNS = 10  # batch-1 latencies a cold-start probe times after its first image (at most --runs)
 
 EPILOG = """examples:
   fewstep bench bundles/prog4                                  # best engine that loads here, batch 1,4,8
@@ -113,12 +123,14 @@ def run(args: argparse.Namespace) -> int:
         },
         "machine": machine(),
         "batches": bench_batches(gen, args.batch_sizes, args.runs, args.warmup),
-        "cold_start": cold_start(args.bundle, entry.id, args.threads),
     }
+    probe_runs = min(args.runs, COLD_START_RUNS)
+    timeout = probe_timeout(result["batches"], probe_runs)
+    result["cold_start"] = cold_start(args.bundle, entry.id, args.threads, runs=probe_runs, timeout=timeout)
     if args.edge:
         result["edge_profiles"] = [
             {"profile": p.name, "emulated": p.note + "; this CPU's speed, not the device's",
-             **cold_start(args.bundle, entry.id, p.threads, p.memory_mb)}
+             **cold_start(args.bundle, entry.id, p.threads, p.memory_mb, probe_runs, timeout)}
             for p in EDGE_PROFILES
         ]  # fmt: skip
     if importlib.util.find_spec("torch") is None:
@@ -147,7 +159,7 @@ def table(r: dict) -> str:
     for b in r["batches"]:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in b["stages_p50_ms"].items())
         lines.append(f"  {b['batch']:>5} {b['p50_ms']:>9.2f} {b['p90_ms']:>9.2f} {b['p99_ms']:>9.2f} "
-                     f"{b['images_per_s']:>8.1f}  {stages}")  # fmt: skip
+                     f"{b['images_per_s']:>8.3g}  {stages}")  # fmt: skip
     c = r["cold_start"]
     if c.get("ok"):
         lines.append(f"  cold start: first image {c['first_image_s']:.2f} s after process start (bundle loaded at "

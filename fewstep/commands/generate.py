@@ -13,6 +13,8 @@ from fewstep.core.prompts import read_prompts_file
 from fewstep.core.sampling_rules import Sampler
 from fewstep.runtime.generator import Generator
 
+MAX_IMAGES = 4096  # one grid file; a million-line prompts file is refused before any work
+
 EPILOG = """examples:
   fewstep generate shapes32-teacher --prompt "a red circle to the left of a blue square" --out grid.png
   fewstep generate runs/teacher/model.safetensors --prompts-file prompts.txt --seeds 0,1,2,3 --steps 4
@@ -53,13 +55,20 @@ def register(sub: argparse._SubParsersAction, command: Command) -> None:
     p.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the grid's tiles (default 4)")
     p.add_argument("--threads", type=count(1), help="CPU threads (torch, or the bundle's engine)")
+    p.add_argument(
+        "--max-images",
+        type=count(1),
+        default=MAX_IMAGES,
+        help=f"refuse to start when prompts x seeds is more images than this (default {MAX_IMAGES}); "
+        "a safety cap against a wrong file, not a limit of the tool",
+    )
     p.set_defaults(run=run)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
-        prompts += read_prompts_file(args.prompts_file)
+        prompts += read_prompts_file(args.prompts_file, max_prompts=args.max_images)
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
     return prompts
@@ -67,6 +76,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
+    if len(prompts) * len(args.seeds) > args.max_images:
+        raise ValueError(f"{len(prompts):,} prompt(s) x {len(args.seeds)} seed(s) = "
+                         f"{len(prompts) * len(args.seeds):,} images, more than --max-images {args.max_images:,}; "
+                         "use fewer prompts or seeds, or raise --max-images")  # fmt: skip
     rows = [p for p in prompts for _ in args.seeds]
     seeds = [s for _ in prompts for s in args.seeds]
     if (Path(args.model) / "manifest.json").is_file():  # an engine bundle: the torch-free runtime

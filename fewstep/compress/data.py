@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fewstep.core.imaging import decode_chunks
 from fewstep.models.checkpoint import CheckpointError, load_tensors, save_tensors
 from fewstep.models.contract import Cond
 from fewstep.models.datasets import CaptionedImages, to_model_range
@@ -22,9 +23,11 @@ OPTIONAL = ("pooled", "extra_ids", "latents")  # pooled text / SDXL ids per capt
 
 
 def encode_latents(codec, images: np.ndarray, desc: str = "encode images (VAE)") -> torch.Tensor:
-    """uint8 (N, H, W, C) images -> the denoiser's latents (N, c, h, w), 32 at a time through the VAE encoder."""
-    chunks = [codec.encode(torch.from_numpy(to_model_range(images[i : i + 32])))
-              for i in tqdm(range(0, len(images), 32), desc=desc, mininterval=2, leave=False)]  # fmt: skip
+    """uint8 (N, H, W, C) images -> the denoiser's latents (N, c, h, w), through the VAE encoder a few images per
+    call (`decode_chunks`): its activations grow with the pixels, and 32 images of 512x512 at once need many GB."""
+    parts = decode_chunks(len(images), images.shape[1] * images.shape[2])
+    chunks = [codec.encode(torch.from_numpy(to_model_range(images[c])))
+              for c in tqdm(parts, desc=desc, mininterval=2, leave=False)]  # fmt: skip
     return torch.cat(chunks)
 
 

@@ -78,10 +78,20 @@ class DistillSession:
         trainable = int(student * 0.0012 * rank) if rank else student
         image = self.teacher_spec["image"]
         est = estimate_memory(self.method, teacher, student, trainable, self.cfg.batch_size,
-                              int(image["height"]) * int(image["width"]), self.cfg.gradient_checkpointing)  # fmt: skip
+                              int(image["height"]) * int(image["width"]), self.cfg.gradient_checkpointing,
+                              self._companion_params())  # fmt: skip
         refuse_if_too_big(est, f"fewstep distill {self.method} at batch {self.cfg.batch_size}", bool(rank),
                           self.cfg.gradient_checkpointing, self.cfg.batch_size)  # fmt: skip
         return est
+
+    def _companion_params(self) -> int:
+        """Parameters of the text encoders and VAE a pipeline teacher holds beside its denoiser (0 for built-in
+        teachers, whose small text encoder the estimate's fixed overhead covers)."""
+        pipe = getattr(self.encoder, "pipe", None)
+        if pipe is None:
+            return 0
+        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]  # the denoiser is not one
+        return sum(p.numel() for m in modules for p in m.parameters())
 
     # ---- inputs ------------------------------------------------------------------------------
     @property
@@ -218,8 +228,10 @@ class DistillSession:
         return sample
 
     def run_loop(self, model, loss, batch_fn, loop: LoopConfig, out: Path, spec_fn, resume: bool,  # type: ignore[no-untyped-def]
-                 progress: bool) -> torch.nn.Module:  # fmt: skip
-        """Train one stage into `out` (a finished stage is loaded, not retrained, on --resume)."""
+                 progress: bool) -> Path:  # fmt: skip
+        """Train one stage into `out` (a finished stage is skipped on --resume); -> the saved student's file.
+        A next stage that needs the network loads it (`load_model`) after dropping this stage's: loading it here,
+        beside the trained student and its EMA, held one SD-size copy more at the end of every run."""
         check_resumable(out, loop, to_dict(self.cfg), resume)
         out.mkdir(parents=True, exist_ok=True)
 
@@ -231,4 +243,4 @@ class DistillSession:
         if ddp.is_main():
             plot_training_curve(out)
         ddp.barrier()
-        return load_model(out / "model.safetensors")[0]
+        return out / "model.safetensors"

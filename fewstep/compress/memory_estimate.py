@@ -2,13 +2,16 @@
 cannot fit is refused with the figure instead of being killed by the OOM killer.
 
     weights     teacher + student + the method's extra networks (consistency: the target; DMD: the fake score)
+                + the teacher pipeline's text encoders and VAE
     training    per trainable parameter: gradient, AdamW's two moments, the EMA copy (4 x 4 bytes)
     activations batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL x (student params / the calibration
                 UNet's): a crude width scaling, with gradient checkpointing; x CHECKPOINTING_OFF_FACTOR without it
 
 The activation coefficient is calibrated on one run (benchmarks/results/real-size/README.md): an SD1.5-config
 LoRA consistency run at 64x64 latents, batch 1, with checkpointing, held 13.0-13.1 GB while training (resident
-memory sampled every few seconds), ~1.7 GB above its weights and fixed overhead; the coefficient adds ~40% margin.
+memory sampled every few seconds; its target was then a full copy of the UNet), ~1.7 GB above its weights and
+fixed overhead; the coefficient adds ~40% margin. Checked since: the same run with the target sharing the frozen
+base held 10.0 GB (estimate 11.4 GB); SD-Turbo's peaked at 11.2 GB (estimate 12.3 GB).
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ class MemoryEstimate:
 
 
 def estimate(method: str, teacher_params: int, student_params: int, trainable: int, batch: int,
-             latent_pixels: int, checkpointing: bool) -> MemoryEstimate:  # fmt: skip
+             latent_pixels: int, checkpointing: bool, companion_params: int = 0) -> MemoryEstimate:  # fmt: skip
+    """`companion_params`: the networks loaded beside the denoisers (a pipeline's text encoders and VAE)."""
     extra = EXTRA_NETWORKS.get(method, 0) * student_params + EXTRA_TARGETS.get(method, 0) * trainable
-    weights = FP32 * (teacher_params + student_params + extra)
+    weights = FP32 * (teacher_params + student_params + extra + companion_params)
     training = TRAINING_BYTES_PER_PARAM * trainable * (1 + EXTRA_TRAINABLE.get(method, 0))
     act = batch * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL * student_params / CALIBRATION_PARAMS
     return MemoryEstimate(weights, training, int(act * (1 if checkpointing else CHECKPOINTING_OFF_FACTOR)))

@@ -1,6 +1,9 @@
-"""Atomic file writes (stdlib only, so the torch-free runtime can use them too).
+"""Atomic file writes, and reads that refuse what is not a regular file (stdlib only, so the torch-free runtime
+can use them too).
 
-Temp file in the same directory, fsync, rename: a crash or a full disk leaves the previous file intact.
+Temp file in the same directory, fsync, rename: a crash or a full disk leaves the previous file intact. A named
+pipe, device or socket given where a file is expected would block a read forever (a FIFO) or never end (a
+device): `require_regular_file` refuses them before anything opens them.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +100,39 @@ def remove_stale_temps(directory: str | Path) -> int:
     return n
 
 
+class NotARegularFileError(UserError, ValueError):
+    """A path the CLI or runtime would read is a FIFO, device, socket or directory, or is too large."""
+
+
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))  # fmt: skip
+
+
+def require_regular_file(path: str | Path, what: str = "file", max_bytes: int | None = None) -> int:
+    """The size of `path` (symlinks followed) when it is a regular file of at most `max_bytes`; otherwise a
+    NotARegularFileError saying what it is. FileNotFoundError when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise NotARegularFileError(f"{what} {path} is {kind}, not a regular file; give the path of a file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise NotARegularFileError(f"{what} {path} is {st.st_size:,} bytes, more than the {max_bytes:,} allowed")
+    return st.st_size
+
+
+def read_regular_file(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (see require_regular_file)."""
+    require_regular_file(path, what, max_bytes)
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)  # the file may have grown since the stat
+    if len(data) > max_bytes:
+        raise NotARegularFileError(f"{what} {path} is more than the {max_bytes:,} bytes allowed")
+    return data
+
+
 def sha256_of(path: Path) -> str:
     """sha256 of a file, or of a directory (e.g. an .mlpackage): its files' relative paths and contents in order."""
     h = hashlib.sha256()
@@ -104,6 +141,7 @@ def sha256_of(path: Path) -> str:
             h.update(f.relative_to(path).as_posix().encode() + b"\0")
             h.update(bytes.fromhex(sha256_of(f)))
         return h.hexdigest()
+    require_regular_file(path, "bundle file")  # a FIFO here would block the hash forever
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)

@@ -38,6 +38,7 @@ from fewstep.core.manifest import (
     TextEncoderEntry,
     read_manifest,
 )
+from fewstep.core.resources import return_freed_memory
 from fewstep.core.sampling_rules import Sampler
 from fewstep.export import onnx_files
 from fewstep.export.companions import Companions, files_valid
@@ -45,9 +46,11 @@ from fewstep.export.config import ExportConfig
 from fewstep.export.context import ExportContext
 from fewstep.export.denoiser import denoiser_from_spec
 from fewstep.export.engine_build import EngineBuilder, temp_files
-from fewstep.export.plan import ExportError, plan_engines
+from fewstep.export.plan import EngineJob, ExportError, plan_engines
 from fewstep.export.references import PARITY_SEED, StudentReference
+from fewstep.export.targets.onnx import shared_fp32
 from fewstep.export.triton import write_triton_repository
+from fewstep.models.diffusers_dir import forget_loaded_pipelines
 from fewstep.models.loading import model_sha256, resolve_checkpoint
 from fewstep.models.pipeline import TorchPipeline, sampling_times
 from fewstep.runtime.registry import get_backend
@@ -69,8 +72,11 @@ class BundleExport:
         self.source = resolve_checkpoint(checkpoint)
         self.source_sha = model_sha256(self.source)
         self.pipe = TorchPipeline.from_checkpoint(checkpoint)
+        forget_loaded_pipelines()  # what the student uses stays; a LoRA student's base network goes
+        return_freed_memory()
         self.spec = self.pipe.spec
         self.denoiser = denoiser_from_spec(self.pipe.model, self.spec, self.pipe.encoder)
+        self.params = sum(p.numel() for p in self.pipe.model.parameters())
         self.jobs, self.notes = plan_engines(cfg)
         self.old = self._previous_manifest(force)
         self.reference = StudentReference(self.pipe, cfg, log)
@@ -100,19 +106,27 @@ class BundleExport:
             builder = EngineBuilder(ctx, self.reference, self.cfg.gates(), self._view(text, decoders), self.log)
             engines, refused = self._kept_engines(), []
             old_engines = {e.id: e for e in self.old.engines} if self.old else {}
+            keys = {j.id: self._engine_key(j) for j in self.jobs}
+            unchanged = {j.id for j in self.jobs if (old := old_engines.get(j.id)) and old.key == keys[j.id]
+                         and files_valid(self.root, old.files)}  # fmt: skip
+            pending = [j for j in self.jobs if j.id not in unchanged]
+            if pending and all(j.backend.from_onnx for j in pending):
+                self._release_torch(ctx, pending)
             for job in self.jobs:
-                key = _key(self.source_sha, job.id, __version__, self._options_for_key(job.precision))
-                old = old_engines.get(job.id)
-                if old and old.key == key and files_valid(self.root, old.files):
+                if job.id in unchanged:
                     self.log(f"{job.id}: unchanged, kept")
-                    engines[job.id] = old
+                    engines[job.id] = old_engines[job.id]
                     continue
-                built = builder.build(job, key)
+                built = builder.build(job, keys[job.id])
+                return_freed_memory()  # the converted model and the gate's engines: back to the kernel before the next
                 if isinstance(built, RefusedEngine):
                     refused.append(built)
                     engines.pop(job.id, None)
                 else:
                     engines[job.id] = built
+                # the engines so far, under the in-progress marker: a killed export resumes from them
+                partial = self._manifest(text, decoders, list(engines.values()), refused)
+                atomic_write_text(self.root / MANIFEST, partial.dumps())
             manifest = self._manifest(text, decoders, list(engines.values()), refused)
             atomic_write_text(self.root / MANIFEST, manifest.dumps())
         finally:
@@ -122,6 +136,23 @@ class BundleExport:
                 shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         (self.root / IN_PROGRESS).unlink()
         return manifest
+
+    def _release_torch(self, ctx: ExportContext, pending: list[EngineJob]) -> None:
+        """Every engine left to build starts from the fp32 ONNX graph: write it, draw what the gates need from the
+        torch student, then free the torch models, so that converting, quantizing and gating the engines (each
+        several GB at SD size) does not happen beside them."""
+        self.reference.images()
+        if any(j.precision != "fp32" for j in pending):  # int8 calibration and the speed gate's inputs
+            self.reference.calibration()
+        shared_fp32(ctx)
+        self.denoiser.release()
+        self.pipe.release()
+        forget_loaded_pipelines()
+        freed = return_freed_memory()
+        self.log(f"torch models released after the fp32 ONNX graph (process now {freed / 1e9:.1f} GB resident)")
+
+    def _engine_key(self, job: EngineJob) -> str:
+        return _key(self.source_sha, job.id, __version__, self._options_for_key(job.precision))
 
     def _max_batch(self) -> int:
         return self.cfg.max_batch * (2 if self.pipe.guidance_mode == "cfg" else 1)
@@ -149,20 +180,23 @@ class BundleExport:
         """What the runtime reads to make images with a candidate engine while the bundle is being written."""
         return Manifest(ModelInfo(str(self.spec.get("name") or self.source.stem)), self._sampler(),
                         ImageInfo.from_json(self.spec["image"], "spec.image", str(self.source)), text, (),
-                        decoders=decoders)  # fmt: skip
+                        latent=self._latent() if decoders else None, decoders=decoders)  # fmt: skip
+
+    def _latent(self) -> dict[str, Any]:
+        return {k: v for k, v in self.spec["latent"].items() if k != "vae"}
 
     def _model_info(self) -> ModelInfo:
         training = self.spec.get("training", {})
         lora = self.spec.get("lora")
         extra = {"lora": {k: lora[k] for k in ("rank", "alpha", "base_sha256")} | {"fused": True}} if lora else {}
         return ModelInfo(name=str(self.spec.get("name") or self.source.stem), source=str(self.source),
-                         source_sha256=self.source_sha, params=sum(p.numel() for p in self.pipe.model.parameters()),
+                         source_sha256=self.source_sha, params=self.params,
                          role=self.spec.get("role"), method=training.get("method"), teacher=training.get("teacher"),
                          extra=extra)  # fmt: skip
 
     def _manifest(self, text: TextEncoderEntry, decoders: dict[str, DecoderEntry], engines: list[EngineEntry],
                   refused: list[RefusedEngine]) -> Manifest:  # fmt: skip
-        latent = {k: v for k, v in self.spec["latent"].items() if k != "vae"} if decoders else None
+        latent = self._latent() if decoders else None
         manifest = Manifest(
             model=self._model_info(), sampler=self._sampler(),
             image=ImageInfo.from_json(self.spec["image"], "spec.image", str(self.source)), text_encoder=text,

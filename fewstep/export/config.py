@@ -39,6 +39,7 @@ class ExportConfig(Config):
                                 "student's", min=1)  # fmt: skip
     min_psnr_fp32: float = _psnr("fp32")
     min_psnr_fp16: float = _psnr("fp16")
+    min_psnr_bf16: float = _psnr("bf16")
     min_psnr_int8: float = _psnr("int8")
     min_psnr_int8w: float = _psnr("int8w")
     min_psnr_int4w: float = _psnr("int4w")

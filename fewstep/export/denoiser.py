@@ -56,6 +56,11 @@ class Denoiser(nn.Module):
             self.inputs.append(Port("guidance", ("B",)))
         self.outputs = [Port("v", ("B", c, h, w))]
 
+    def release(self) -> None:
+        """Drop the torch model (the export keeps only the signature once every engine starts from the ONNX
+        graph); calling the denoiser afterwards is a clear error."""
+        self.model = _Released()
+
     @property
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
@@ -97,6 +102,12 @@ class Denoiser(nn.Module):
         """A manifest entry for an engine of this denoiser not (yet) in a bundle: what `load_engine` needs."""
         inputs, outputs = self.io_specs()
         return EngineEntry(engine_id, backend, precision, {"(not in a bundle)": ""}, inputs, outputs)
+
+
+class _Released(nn.Module):
+    def forward(self, *args: object) -> torch.Tensor:
+        raise RuntimeError("this denoiser's torch model was released after its fp32 ONNX graph was written; an "
+                           "exporter that needs the torch model must not set `from_onnx` on its backend")  # fmt: skip
 
 
 class HalfIO(nn.Module):

@@ -9,6 +9,7 @@ a `Cond` (text states, pooled embedding, SDXL size/crop ids) and its VAE maps im
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -143,6 +144,12 @@ def load_pipeline(path: str | Path):
     return _load(str(Path(path).resolve()))
 
 
+def forget_loaded_pipelines() -> None:
+    """Drop the cache of loaded pipelines: their networks are freed once nothing else holds them (a LoRA
+    student's export holds its own fused network, so the base UNet, several GB at SD size, goes)."""
+    _load.cache_clear()
+
+
 def denoiser_name(pipe_or_index) -> str:
     cls = pipe_or_index["_class_name"] if isinstance(pipe_or_index, dict) else type(pipe_or_index).__name__
     return PIPELINES[cls]
@@ -245,13 +252,33 @@ def pipeline_model(path: str | Path) -> tuple[nn.Module, dict]:
 # ---- prompts --------------------------------------------------------------------------------------------
 
 
+class _ConfigOnly:
+    """A denoiser's config without its weights: SD3's `encode_prompt` reads `transformer.config` (the width of
+    the zero T5 embedding when there is no T5)."""
+
+    def __init__(self, config):
+        self.config = config
+
+
+def _without_denoiser(pipe):
+    """A shallow copy of `pipe` with its tokenizers and text encoders but no denoiser weights: a prompt encoder must
+    not keep a base UNet of several GB alive after the networks using it are gone (a LoRA student's export holds
+    its own fused copy)."""
+    view = copy.copy(pipe)
+    for name in ("unet", "transformer"):
+        if getattr(view, name, None) is not None:
+            # not the pipeline's __setattr__: its registered config stays the original's
+            object.__setattr__(view, name, _ConfigOnly(getattr(view, name).config))
+    return view
+
+
 class PipelinePromptEncoder(CachedPromptEncoder):
     """`encode(prompts) -> Cond` with the pipeline's own `encode_prompt` (CLIP / CLIP-G / T5 combination as
     diffusers does it), a bounded LRU of prompt embeddings, and prompts longer than its tokenizer refused."""
 
     def __init__(self, spec: dict, cache_size: int = 1024):
         super().__init__(spec, int(spec["max_tokens"]), cache_size)
-        self.pipe = load_pipeline(spec["path"])
+        self.pipe = _without_denoiser(load_pipeline(spec["path"]))
         self.sdxl = type(self.pipe).__name__ == "StableDiffusionXLPipeline"
         self.sd3 = type(self.pipe).__name__ == "StableDiffusion3Pipeline"
 

@@ -22,6 +22,7 @@ from fewstep.compress.methods.progressive import check_halving, progressive_roun
 from fewstep.core.config import ConfigError, param
 from fewstep.core.flow_math import interpolate
 from fewstep.models.contract import Cond
+from fewstep.models.loading import load_model
 
 
 @dataclass
@@ -104,7 +105,9 @@ def run(s: DistillSession, cfg: GuidanceConfig, out: Path, resume: bool, progres
     def spec1(step: int) -> dict:
         return s.spec(step, "euler", times1, mode, {"init": report, "stage": 1, "train_times": "continuous"})
 
-    stage1 = s.run_loop(student, loss, s.data_batch, cfg.loop(), s1, spec1, resume, progress)
+    saved = s.run_loop(student, loss, s.data_batch, cfg.loop(), s1, spec1, resume, progress)
+    del student, loss
+    stage1 = load_model(saved)[0]
     return progressive_rounds(s, cfg, out, resume, progress, stage1, s1 / "model.safetensors", 1.0, None,
                               "teacher", mode, (cfg.w_min, cfg.w_max))  # fmt: skip
 

@@ -26,6 +26,7 @@ from fewstep.compress.methods.common import FrozenCopy, cfg_velocity
 from fewstep.core.config import ConfigError, param
 from fewstep.core.flow_math import interpolate
 from fewstep.models.contract import Cond
+from fewstep.models.loading import load_model
 
 
 @dataclass
@@ -113,7 +114,9 @@ def progressive_rounds(s: DistillSession, cfg: ProgressiveConfig | Any, out: Pat
             return s.spec(step, "euler", times, mode, extra)
 
         loss = ProgressiveLoss(teacher, null, n, guidance, w_range)
-        last = s.run_loop(student, loss, s.data_batch, cfg.loop(), where, spec, resume, progress)
+        saved = s.run_loop(student, loss, s.data_batch, cfg.loop(), where, spec, resume, progress)
+        del student, loss, teacher, source  # before the next round's networks are loaded
+        last = load_model(saved)[0]
         # the student is the next teacher; CFG is baked in after the first round
         teacher, guidance, null, source, init = last, 1.0, None, last, "teacher"
         source_path = where / "model.safetensors"

@@ -30,6 +30,7 @@ from fewstep.compress.methods.common import FrozenCopy, step_grid, x0_prediction
 from fewstep.compress.methods.distance import get_distance
 from fewstep.core.config import ConfigError, param
 from fewstep.core.flow_math import bcast, interpolate, x0_from_velocity
+from fewstep.models.loading import load_model
 
 Schedule = Literal["linear", "exponential", "cosine"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -161,7 +162,9 @@ def run(s: DistillSession, cfg: SlimFlowConfig, out: Path, resume: bool, progres
 
     s1 = out / "stage1"
     loss1 = AnnealingReflowLoss(cfg.anneal_steps, cfg.anneal_schedule, cfg.t_sampling)
-    guide = s.run_loop(student, loss1, s.pair_batch, cfg.loop(), s1, spec1, resume, progress)
+    saved = s.run_loop(student, loss1, s.pair_batch, cfg.loop(), s1, spec1, resume, progress)
+    del student, loss1
+    guide = load_model(saved)[0]
     # stage 2 starts from the stage-1 student (a LoRA student: new adapters on the fused stage-1 network)
     student2, report2 = s.new_student("teacher", guide, s1 / "model.safetensors")
     report2["init"] = f"stage 1 ({report['init']})"

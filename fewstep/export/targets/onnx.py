@@ -7,6 +7,7 @@ keep the same sensitive layers in float: the first and last convolutions and the
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -51,7 +52,23 @@ def export_graph(module, args: tuple, path: Path, input_names: list[str], output
         torch.onnx.export(module.eval(), tuple(args), str(path), input_names=input_names, output_names=output_names,
                           dynamic_shapes=dynamic, opset_version=OPSET, dynamo=True, external_data=external,
                           verbose=False)  # fmt: skip
+    _forget_rewriter_graphs()
     return finish_onnx(path)
+
+
+def _forget_rewriter_graphs() -> None:
+    """The exporter's optimizer runs onnxscript's module-level rewrite rules, whose pattern matchers keep the last
+    graph they matched (onnxscript 0.7), and through it every weight of the exported model: at SD1.5 size a
+    second 3.4 GB UNet kept alive until the next export. Drop those references."""
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher  # comes with torch.onnx's exporter
+    except ImportError:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            for name in ("_graph", "_current_node", "_match", "_tracer"):
+                if name in obj.__dict__:
+                    setattr(obj, name, None)
 
 
 def finish_onnx(path: Path) -> Path:

@@ -1,6 +1,7 @@
 """OpenVINO exporter: IR (.xml + .bin) converted from the fp32 ONNX graph, in fp32, fp16 (compressed weights),
-int8 (NNCF post-training quantization on the IR with the sampler's calibration data), int8w (weight-only) and
-int4w (4-bit symmetric weights in groups of 64 where NNCF can, 8-bit elsewhere; weight-only, no calibration)."""
+bf16 (fp16-stored weights, computed in bf16 by the runtime where the CPU has it natively), int8 (NNCF
+post-training quantization on the IR with the sampler's calibration data), int8w (weight-only) and int4w (4-bit
+symmetric weights in groups of 64 where NNCF can, 8-bit elsewhere; weight-only, no calibration)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
                                           advanced_parameters=adjust)  # fmt: skip
             info.update(quantizer="nncf weight compression", weights="int4 symmetric, groups of 64 (int8 where "
                         "4-bit does not apply)", activations="float")  # fmt: skip
+    if precision == "bf16":
+        info.update(weights="fp16 (stored)", compute="bf16 (INFERENCE_PRECISION_HINT at load)")
     xml = ctx.out_dir / f".denoiser.openvino-{precision}.tmp.xml"
-    ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
+    ov.save_model(model, str(xml), compress_to_fp16=precision in ("fp16", "bf16"))
     return Artifact(xml, "openvino", precision, info, extra_files=[xml.with_suffix(".bin")])
