@@ -46,6 +46,10 @@ MODES = {
         {},
         {"rule": "consistency", "timesteps": [1.0, 0.5], "grid": 50, "guidance": {"mode": "none", "baked_scale": 3.0}},
     ),
+    "interval-none": (  # MeanFlow / shortcut students: the step size h = t - s is the scalar input
+        {"time_cond_proj_dim": 8},
+        {"rule": "interval", "timesteps": [1.0, 0.75, 0.0], "guidance": {"mode": "none", "baked_scale": 3.0}},
+    ),
 }
 FAST = {"speed_gate": False, "speed_runs": 3, "parity_prompts": 3, "calibration_prompts": 6, "max_batch": 4}
 
@@ -98,6 +102,12 @@ def test_every_cpu_backend_matches_torch_for_each_rule_and_guidance_mode(ckpts, 
         assert np.abs(gen.generate(PROMPTS, seeds, guidance=5.0).astype(int) - other.astype(int)).max() <= 1
         assert not np.array_equal(other, ref)
         assert "guidance" in manifest["engines"][0]["inputs"]
+    if mode == "interval-none":  # the step size reaches the engine: the same model stepped as Euler differs
+        assert "guidance" in manifest["engines"][0]["inputs"]
+        as_euler = TorchPipeline(pipe.model, {**pipe.spec, "sampler": {**pipe.spec["sampler"], "rule": "euler"}},
+                                 pipe.encoder)  # fmt: skip
+        with pytest.raises(ValueError, match="embedded guidance input"):  # Euler gives it no h
+            as_euler.generate(PROMPTS, seeds)
 
 
 @pytest.mark.slow
@@ -123,6 +133,15 @@ def test_calibration_records_null_and_conditional_rows(ckpts):
     null = pipe.encoder.encode([""]).text[0].numpy()
     np.testing.assert_allclose(calls[0]["text"][0], null, atol=1e-6)  # first half: the unconditional branch
     assert not np.allclose(calls[0]["text"][2], null)
+
+
+def test_calibration_of_an_interval_student_records_each_step_size(ckpts):
+    from fewstep.export.calibration import record_sampler_inputs
+
+    pipe = TorchPipeline.from_checkpoint(ckpts["interval-none"])
+    calls, summary = record_sampler_inputs(pipe, ["a red circle", "a blue square"], [0, 1])
+    assert summary["rule"] == "interval" and summary["calls"] == 2
+    assert [c["guidance"].tolist() for c in calls] == [[0.25, 0.25], [0.75, 0.75]]  # h = t - s of each step
 
 
 @pytest.mark.slow

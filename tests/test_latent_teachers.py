@@ -124,6 +124,8 @@ OVERRIDES = {  # a few steps of each method on a tiny pipeline teacher
     "slimflow": {"student_steps": 1, "stage2_steps": 2},
     "consistency": {"student_steps": 2, "grid": 8, "skip": 2},
     "dmd": {},
+    "meanflow": {"student_steps": 2},
+    "shortcut": {"student_steps": 2, "max_steps": 8},
 }
 PAIR_METHODS = ("reflow", "instaflow", "slimflow", "dmd")
 
@@ -134,6 +136,7 @@ PAIR_METHODS = ("reflow", "instaflow", "slimflow", "dmd")
         ("epsilon", ("progressive", "guidance")),
         ("sd3", ("progressive", "reflow")),
         ("epsilon", ("slimflow", "instaflow", "consistency", "dmd")),
+        ("v_prediction", ("meanflow", "shortcut")),  # the step size through a VP UNet's time_cond_proj
     ],
 )
 @pytest.mark.slow

@@ -182,7 +182,7 @@ class DistillSession:
              extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
         """The student checkpoint's spec at `step`: its network, sampler rule and schedule, how it was trained."""
         img = self.teacher_spec["image"]
-        sampler = {"rule": rule, "timesteps": times, "default_steps": len(times) - (rule == "euler"),
+        sampler = {"rule": rule, "timesteps": times, "default_steps": len(times) - (rule != "consistency"),
                    "guidance": guidance, **extra.pop("sampler", {})}  # fmt: skip
         init = extra.get("init")
         lora = init.get("lora") if isinstance(init, dict) else None

@@ -5,7 +5,8 @@ cannot fit is refused with the figure instead of being killed by the OOM killer.
                 + the teacher pipeline's text encoders and VAE
     training    per trainable parameter: gradient, AdamW's two moments, the EMA copy (4 x 4 bytes)
     activations batch x latent pixels x ACTIVATION_BYTES_PER_LATENT_PIXEL x (student params / the calibration
-                UNet's): a crude width scaling, with gradient checkpointing; x CHECKPOINTING_OFF_FACTOR without it
+                UNet's): a crude width scaling, with gradient checkpointing; x CHECKPOINTING_OFF_FACTOR without it;
+                x 2 for MeanFlow (its JVP's tangents)
 
 The activation coefficient is calibrated on one run (benchmarks/results/real-size/README.md): an SD1.5-config
 LoRA consistency run at 64x64 latents, batch 1, with checkpointing, held 13.0-13.1 GB while training (resident
@@ -27,6 +28,8 @@ TRAINING_BYTES_PER_PARAM = 4 * FP32  # gradient, AdamW exp_avg and exp_avg_sq, E
 EXTRA_TARGETS = {"consistency": 1}
 EXTRA_NETWORKS = {"dmd": 1}
 EXTRA_TRAINABLE = {"dmd": 1}  # ... that also train (DMD's fake score has its own optimizer)
+# MeanFlow's JVP carries a tangent beside every activation the backward pass keeps (not yet calibrated at size)
+ACTIVATION_FACTOR = {"meanflow": 2.0}
 ACTIVATION_BYTES_PER_LATENT_PIXEL = 600_000  # calibrated: SD1.5 UNet, checkpointing on (module docstring)
 CALIBRATION_PARAMS = 859_520_964  # the SD1.5 UNet the coefficient was measured on
 CHECKPOINTING_OFF_FACTOR = 4.0
@@ -55,6 +58,7 @@ def estimate(method: str, teacher_params: int, student_params: int, trainable: i
     weights = FP32 * (teacher_params + student_params + extra + companion_params)
     training = TRAINING_BYTES_PER_PARAM * trainable * (1 + EXTRA_TRAINABLE.get(method, 0))
     act = batch * latent_pixels * ACTIVATION_BYTES_PER_LATENT_PIXEL * student_params / CALIBRATION_PARAMS
+    act *= ACTIVATION_FACTOR.get(method, 1.0)
     return MemoryEstimate(weights, training, int(act * (1 if checkpointing else CHECKPOINTING_OFF_FACTOR)))
 
 

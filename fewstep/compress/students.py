@@ -120,8 +120,8 @@ def student_architecture(preset: str | None, teacher_spec: dict, guidance_dim: i
                          "--student same (LoRA or full) or a JSON network config of your own")  # fmt: skip
     if kind == "transformer-flow":
         if guidance_dim:
-            raise ValueError("guidance distillation adds a w input to a UNet's time embedding; SD3-style "
-                             "transformers have none: distil with another method")  # fmt: skip
+            raise ValueError("this method adds a scalar input (guidance w or the step size) to a UNet's time "
+                             "embedding; SD3-style transformers have none: distil with another method")  # fmt: skip
         if preset not in (None, "", "same"):
             raise ValueError("transformer students are the teacher's own architecture: use --student same")
         return {**arch, "transformer": dict(teacher_spec["transformer"])}

@@ -1,6 +1,7 @@
 """What a model's spec says about sampling, in plain Python + numpy (shared by torch pipelines and the runtime).
 
-A spec's `sampler` holds the rule (`euler` on velocity or `consistency` re-noising), its own schedule
+A spec's `sampler` holds the rule (`euler` on velocity, `consistency` re-noising, or `interval`: Euler steps whose
+size h = t - s is the model's scalar input, for average-velocity and shortcut students), its own schedule
 (`timesteps`) or `default_steps` (with the time `shift` of SD3-style teachers), the consistency `grid`, and
 the guidance mode: `cfg` (two branches), `embedded` (a w input with its trained `range`) or `none` (guidance
 baked in at `baked_scale`).
@@ -35,7 +36,9 @@ def consistency_times(steps: int, grid: int) -> np.ndarray:
     return np.array([round(grid * (1 - i / steps)) / grid for i in range(steps)], dtype=np.float32)
 
 
-RULES = ("euler", "consistency")
+RULES = ("euler", "consistency", "interval")
+# rules whose model takes the step size as its scalar input (the `guidance` port: a time_cond_proj embedding)
+STEP_SIZE_RULES = ("interval",)
 GUIDANCE_MODES = ("cfg", "embedded", "none")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewstep.core.sampling_rules import STEP_SIZE_RULES
 from fewstep.models.contract import Cond
 from fewstep.models.datasets import make_dataset
 from fewstep.models.pipeline import TorchPipeline, sampling_times
@@ -46,7 +47,8 @@ def record_sampler_inputs(
     batch_size: int = 8,
 ) -> tuple[list[dict[str, np.ndarray]], dict]:
     """-> (one input dict per denoiser call, a summary: timesteps seen, calls, samples, guidance)."""
-    recorder = _Recorder(pipe.model, pipe.guidance_mode == "embedded")
+    takes_scalar = pipe.guidance_mode == "embedded" or pipe.spec["sampler"].get("rule") in STEP_SIZE_RULES
+    recorder = _Recorder(pipe.model, takes_scalar)
     original = pipe.model
     pipe.model = recorder
     try:

@@ -118,9 +118,11 @@ def check_exportable(spec: dict) -> str:
         raise OptimumExportError(f"{te.get('pipeline_class')!r} has no optimum pipeline fewstep writes ({known})")
     sampler = spec["sampler"]
     if sampler.get("rule") != "euler":
+        why = ("reads its step size as an input, which no diffusers pipeline feeds" if sampler.get("rule") == "interval"
+               else "re-noises between steps, which no diffusers scheduler does in flow time")  # fmt: skip
         raise OptimumExportError(
-            f"a {sampler.get('rule')!r} student re-noises between steps, which no diffusers scheduler does in flow "
-            "time; export it to a bundle (`fewstep export`) and run it with fewstep's runtime"
+            f"a {sampler.get('rule')!r} student {why}; export it to a bundle (`fewstep export`) and run it with "
+            "fewstep's runtime"
         )
     mode = sampler.get("guidance", {}).get("mode", "cfg")
     if mode == "embedded":

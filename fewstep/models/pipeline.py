@@ -14,7 +14,7 @@ from fewstep.core.sampling_rules import schedule, validate_request
 from fewstep.models.contract import FlowModel
 from fewstep.models.diffusers_dir import LatentCodec, load_codec
 from fewstep.models.loading import load_model
-from fewstep.models.samplers import consistency, get_sampler, seeded_noise, seeded_renoise
+from fewstep.models.samplers import consistency, get_sampler, interval, seeded_noise, seeded_renoise
 from fewstep.models.text_encoders import TextEncoder, load_text_encoder
 
 
@@ -62,8 +62,11 @@ class TorchPipeline:
     ) -> torch.Tensor:
         """Run the model's sampler rule on encoded prompts -> x0 (B, C, H, W) in [-1, 1]."""
         noise = seeded_noise(seeds, self.shape)
-        if self.spec["sampler"].get("rule") == "consistency":
+        rule = self.spec["sampler"].get("rule")
+        if rule == "consistency":
             return consistency(self.model, noise, times, cond, seeded_renoise(seeds, self.shape))
+        if rule == "interval":
+            return interval(self.model, noise, times, cond)
         if self.guidance_mode == "embedded":
             return get_sampler(sampler or "euler")(self.model, noise, times, cond.with_guidance(guidance))
         null = self.encoder.null(len(seeds)) if guidance != 1.0 else None
@@ -99,8 +102,9 @@ class TorchPipeline:
         validate_request(prompts, seeds, 1 if steps is None else steps, guidance)
         if sampler is not None:
             get_sampler(sampler)  # unknown names fail before any work
-            if self.spec["sampler"].get("rule") == "consistency":
-                raise ValueError("a consistency model samples with its own rule; leave --sampler out")
+            rule = self.spec["sampler"].get("rule", "euler")
+            if rule != "euler":
+                raise ValueError(f"a model with the {rule} rule samples with its own rule; leave --sampler out")
         times = sampling_times(self.spec, steps)
         out = []
         for i in range(0, len(prompts), batch_size):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from fewstep.core.flow_math import cfg_combine, x0_from_velocity
+from fewstep.core.flow_math import bcast, cfg_combine, x0_from_velocity
 from fewstep.core.noise import renoise_np, seeded_noise_np
 from fewstep.core.sampling_rules import consistency_times, uniform_times
 from fewstep.models.contract import Cond, FlowModel
@@ -130,6 +130,23 @@ def consistency(
         if callback:
             callback(i, len(times))
     return x0
+
+
+@torch.no_grad()
+def interval(
+    model: FlowModel, noise: torch.Tensor, timesteps: torch.Tensor, cond: Cond, callback: Callback | None = None
+) -> torch.Tensor:
+    """Steps of a model that takes its step size: from t to s, x_s = x_t - h u(x_t, t, h) with h = t - s given
+    as the scalar input (`cond.guidance`): MeanFlow's average velocity, a shortcut model's shortcut."""
+    check_timesteps(timesteps)
+    x, n = noise, len(timesteps) - 1
+    for i in range(n):
+        t, s = timesteps[i].to(x.dtype), timesteps[i + 1].to(x.dtype)
+        h = (t - s).expand(x.shape[0])
+        x = x - bcast(h, x) * model(x, t.expand(x.shape[0]), cond.with_guidance(h))
+        if callback:
+            callback(i, n)
+    return x
 
 
 def seeded_renoise(seeds: list[int], shape: tuple[int, int, int]) -> Callable[[int], torch.Tensor]:

@@ -18,7 +18,7 @@ from fewstep.core.noise import renoise_np, seeded_noise_np
 from fewstep.core.sampling_rules import validate_request
 from fewstep.runtime.engine import BackendUnavailable, Engine
 from fewstep.runtime.registry import engine_order, get_backend, load_engine
-from fewstep.runtime.samplers import consistency_np, euler_np
+from fewstep.runtime.samplers import consistency_np, euler_np, interval_np
 from fewstep.runtime.text import RuntimeTextEncoder
 
 
@@ -134,6 +134,8 @@ class Generator:
             cond = {**cond, "guidance": np.full(len(seeds), guidance, np.float32)}
         if self.sampler.rule == "consistency":
             return consistency_np(self.velocity, noise, times, cond, lambda i: renoise_np(seeds, self.shape, i))
+        if self.sampler.rule == "interval":
+            return interval_np(self.velocity, noise, times, cond)
         if mode == "cfg" and guidance != 1.0:
             return euler_np(self.velocity, noise, times, cond, guidance, self._null_cond(len(seeds), negative))
         return euler_np(self.velocity, noise, times, cond)

@@ -64,3 +64,18 @@ def consistency_np(
             s = ts[i + 1]
             x = (1 - s) * x0 + s * renoise(i).astype(np.float32)
     return x0
+
+
+def interval_np(
+    velocity: Velocity, noise: np.ndarray, timesteps: np.ndarray, cond: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Steps of a model that takes its step size: x_s = x_t - h u(x_t, t, h), h = t - s fed as `guidance`."""
+    ts = np.asarray(timesteps, dtype=np.float32)
+    if ts.ndim != 1 or len(ts) < 2 or not np.all(np.diff(ts) < 0):
+        raise ValueError(f"timesteps must be a strictly decreasing 1-D array of >= 2 times; got {ts.tolist()}")
+    x = noise.astype(np.float32)
+    b = x.shape[0]
+    for t, s in itertools.pairwise(ts):
+        h = np.float32(t - s)
+        x = x - h * velocity(x, np.full(b, t, np.float32), {**cond, "guidance": np.full(b, h, np.float32)})
+    return x
