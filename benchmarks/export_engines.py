@@ -23,7 +23,7 @@ import torch
 
 from fewstep.backends import load_engine
 from fewstep.core.imaging import psnr, to_uint8
-from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, _eval_set, adherence
+from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, adherence, eval_set
 from fewstep.evaluation.quality import fid_kid, judge_features
 from fewstep.evaluation.train_judge import load_judge
 from fewstep.export.bundle import BundleExport, side_by_side_options
@@ -55,7 +55,7 @@ def measure(model: str, root: Path, n: int, runs: int, threads: int) -> dict:
     bundle = root / model
     judge, _ = load_judge("shapes32-judge")
     space = judge_features("shapes32-judge")
-    items = [_eval_set("shapes", n, EVAL_PROMPT_SEED).item(i) for i in range(n)]
+    items = [eval_set("shapes", n, EVAL_PROMPT_SEED).item(i) for i in range(n)]
     real, prompts, labels = np.stack([i[0] for i in items]), [i[1] for i in items], [i[2] for i in items]
     pipe = job.pipe
     t0 = time.perf_counter()

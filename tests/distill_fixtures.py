@@ -37,7 +37,7 @@ def distill_tiny(teacher, out: Path, method: str, resume: bool = False, **overri
     from fewstep.core.config import field_names
 
     fields = dict(teacher=str(teacher), student="same", dataset_size=32, steps=4, batch_size=4, checkpoint_every=2,
-                  sample_every=4, warmup_steps=1)  # fmt: skip
+                  sample_every=4, warmup_steps=1, verdict_prompts=2)  # fmt: skip
     known = field_names(get_method(method).config)  # the tiny defaults of the fields this method has
     cfg = get_method(method).config(**{**{k: v for k, v in fields.items() if k in known}, **overrides})
     return distill(cfg, out, resume=resume, progress=False)

@@ -194,7 +194,8 @@ def test_a_method_added_as_one_file_is_a_cli_subcommand_that_trains(velocity_kd,
     assert "--sample-steps" in text and "--guidance" in text and "--pairs" not in text  # only what it reads
     args = ["distill", "velocity-kd", "--teacher", str(teacher), "--student", "same", "--dataset-size", "32",
             "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "1", "--ema-decay", "0", "--sample-every", "0",
-            "--checkpoint-every", "40", "--sample-steps", "4", "--no-progress", "--threads", "1"]  # fmt: skip
+            "--checkpoint-every", "40", "--sample-steps", "4", "--no-progress", "--threads", "1",
+            "--verdict-prompts", "2"]  # fmt: skip
     assert main([*args, "--steps", "1", "--out", str(tmp_path / "s1")]) == 0
     assert main([*args, "--steps", "40", "--out", str(tmp_path / "s40")]) == 0
     t_model, t_spec = load_model(teacher)

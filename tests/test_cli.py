@@ -176,8 +176,10 @@ def test_resume_continues_from_the_runs_saved_config(tmp_path, capsys, tiny_teac
     run = tmp_path / "run"
     first = ["distill", "reflow", "--teacher", str(teacher), "--student", str(student), "--init", "sliced",
              "--pairs", str(pairs), "--batch-size", "4", "--warmup-steps", "1", "--sample-every", "0",
-             "--checkpoint-every", "2", "--no-progress", "--steps", "2", "--out", str(run)]  # fmt: skip
+             "--checkpoint-every", "2", "--no-progress", "--steps", "2", "--verdict-prompts", "4",
+             "--out", str(run)]  # fmt: skip
     assert main(first) == 0
+    assert json.loads((run / "verdict.json").read_text())["prompts"] == 4  # every run ends with its verdict
     assert main(["distill", "reflow", "--resume", "--out", str(run), "--steps", "4", "--no-progress"]) == 0
     assert read_meta(run / "model.safetensors")["training"]["step"] == 4
     capsys.readouterr()

@@ -9,6 +9,7 @@ from fewstep.compress.distill import DistillConfig, distill, get_method, make_co
 from fewstep.compress.pairs import PairCache, PairsConfig, build_pairs
 from fewstep.compress.students import init_student, slice_state
 from fewstep.core.config import ConfigError, field_names, from_dict
+from fewstep.core.verdict_record import read_verdict
 from fewstep.models.checkpoint import CheckpointError
 from fewstep.models.loading import load_model, model_sha256, model_spec, resolve_checkpoint
 from fewstep.models.pipeline import TorchPipeline
@@ -20,6 +21,8 @@ EXTRA = {
     "dmd": {"fake_updates": 2, "adv_weight": 0.1},
     "consistency": {"student_steps": 2, "grid": 10, "skip": 2},
     "instaflow": {"student_steps": 2},
+    "meanflow": {"student_steps": 2},
+    "shortcut": {"student_steps": 2, "max_steps": 8},
 }
 
 
@@ -32,7 +35,7 @@ def _cfg(tiny, method: str, steps: int = 4, **kw) -> DistillConfig:
     teacher, student, pairs = tiny
     base = dict(teacher=str(teacher), student=str(student), pairs=str(pairs), dataset_size=24, steps=steps,
                 stage2_steps=steps, anneal_steps=2, batch_size=4, checkpoint_every=2, sample_every=0, warmup_steps=1,
-                ema_decay=0.5)  # fmt: skip
+                ema_decay=0.5, verdict_prompts=3)  # fmt: skip
     cls = get_method(method).config
     known = field_names(cls)  # the shared tiny settings this method has; `kw` must all be its own
     return from_dict(cls, {**{k: v for k, v in base.items() if k in known}, **EXTRA.get(method, {}), **kw})
@@ -53,6 +56,12 @@ def test_method_round_trips_resumes_exactly_and_generates(tiny, tmp_path, method
         assert key in spec["sampler"]
     images = TorchPipeline.from_checkpoint(full).generate(["a red circle"], [0])
     assert images.shape == (1, 16, 16, 3)
+    # every run ends with the equal-steps verdict of this very checkpoint (16x16: no judge, the teacher gap only)
+    verdict = read_verdict(full, model_sha256(full))
+    assert verdict is not None and verdict["outcome"] in ("better", "worse", "mixed") and verdict["prompts"] == 3
+    assert set(verdict["systems"]) == {"student", "teacher_same_steps", "teacher_full_steps"}
+    assert verdict["systems"]["teacher_full_steps"]["teacher_gap"] == 0 and verdict["basis"] == "teacher gap"
+    assert verdict["line"].startswith("verdict: the student at")
     # the same run, killed half-way and resumed, ends with the same weights
     distill(
         _cfg(tiny, method, steps=2, **({"stage2_steps": 2} if method == "slimflow" else {})),

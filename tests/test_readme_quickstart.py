@@ -21,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FEWSTEP = str(Path(sys.executable).with_name("fewstep"))
-SMALL_RUN = {"distill": ["--steps", "2", "--batch-size", "2", "--sample-every", "0", "--checkpoint-every", "2"]}
+SMALL_RUN = {"distill": ["--steps", "2", "--batch-size", "2", "--sample-every", "0", "--checkpoint-every", "2",
+                         "--verdict-prompts", "8"]}  # fmt: skip
 
 
 def readme_block(heading: str) -> list[list[str]]:

@@ -83,7 +83,7 @@ def test_two_stage_distillation_survives_kill9(tiny, tmp_path):
     teacher, student, pairs = (str(p) for p in tiny)
     args = ["distill", "slimflow", "--teacher", teacher, "--pairs", pairs, "--student", student, "--steps", "30",
             "--anneal-steps", "10", "--stage2-steps", "20", "--batch-size", "4", "--checkpoint-every", "4",
-            "--sample-every", "1000", "--threads", "1", "--no-progress"]  # fmt: skip
+            "--sample-every", "1000", "--threads", "1", "--no-progress", "--verdict-prompts", "0"]  # fmt: skip
     duration = run_ok([*args, "--out", str(tmp_path / "ref")])
     out = tmp_path / "killed"
     log = kill_repeatedly([*args, "--out", str(out)], [*args, "--out", str(out), "--resume"], duration, out, seed=3)

@@ -18,6 +18,11 @@ from fewstep.compress.method_registry import get_method, make_config, method_nam
 from fewstep.compress.trainer import check_resumable
 from fewstep.core.config import to_dict, to_yaml
 from fewstep.core.fsio import atomic_write, atomic_write_text
+from fewstep.core.verdict_record import write_verdict
+from fewstep.evaluation.verdict import equal_steps_verdict, verdict_prompts
+from fewstep.models.diffusers_dir import decoded_size
+from fewstep.models.loading import model_sha256
+from fewstep.models.pipeline import TorchPipeline
 
 CONFIG_FILE = "config.yaml"
 
@@ -56,8 +61,38 @@ def distill(cfg: DistillConfig, out: str | Path, resume: bool = False, progress:
     final = method.run(session, cfg, out, resume, progress)
     if ddp.is_main() and final != out / "model.safetensors":
         atomic_write(out / "model.safetensors", lambda tmp: shutil.copyfile(final, tmp))
+    if ddp.is_main() and cfg.verdict_prompts:
+        run_verdict(session, out / "model.safetensors", cfg.verdict_prompts)
     ddp.barrier()
     return out / "model.safetensors"
+
+
+def verdict_dataset(session: DistillSession) -> tuple[str, str | None]:
+    """The prompts the verdict uses: the method's --dataset, else the teacher's own training data."""
+    cfg = session.cfg
+    if hasattr(cfg, "dataset"):
+        return cfg.dataset, getattr(cfg, "data_path", None)
+    training = session.teacher_spec.get("training", {})
+    config = training.get("config", {}) if isinstance(training.get("config"), dict) else {}
+    return str(training.get("dataset") or config.get("dataset") or "shapes"), config.get("data_path")
+
+
+def run_verdict(session: DistillSession, student_path: Path, n: int) -> dict:
+    """Measure the student at its own steps against the teacher at as many and at its full steps; write
+    verdict.json into the run, print the one-line verdict, and warn loudly when the student is worse."""
+    dataset, data_path = verdict_dataset(session)
+    prompts = verdict_prompts(dataset, n, data_path, decoded_size(session.teacher_spec))
+    student = TorchPipeline.from_checkpoint(student_path)
+    teacher = TorchPipeline(session.teacher, session.teacher_spec, session.encoder, session.codec)
+    verdict = {**equal_steps_verdict(student, teacher, prompts), "student_sha256": model_sha256(student_path),
+               "teacher_sha256": session.teacher_sha256}  # fmt: skip
+    write_verdict(student_path.parent, verdict)
+    print(verdict["line"], flush=True)
+    if verdict["outcome"] == "worse":
+        print("WARNING: this student is worse than running its teacher with as few steps; do not ship it. "
+              "docs/concepts/methods/ lists, per method, what to try when it fails (more steps, another init, "
+              "a lower --lr).", flush=True)  # fmt: skip
+    return verdict
 
 
 __all__ = ["DistillConfig", "distill", "get_method", "make_config", "method_names"]

@@ -42,6 +42,9 @@ class DistillConfig(LoopConfig):
                            "--student same); 0 trains every weight", min=0)  # fmt: skip
     lora_alpha: float = param(0.0, "LoRA scale numerator alpha (the adapter scale is alpha / rank); 0 = rank", min=0)
     gradient_checkpointing: bool = param(False, "recompute activations in backward: less memory, ~30% more time")
+    verdict_prompts: int = param(128, "after training, the equal-steps verdict on this many held-out prompts: the "
+                                 "student at its steps vs the teacher at as many and at its full steps (verdict.json); "
+                                 "0 skips it", min=0, max=10_000)  # fmt: skip
 
     def check(self) -> None:
         super().check()

@@ -54,7 +54,7 @@ class Setting:
 DEFAULT_SETTINGS = tuple(Setting.parse(s) for s in ("euler:50:3", "euler:4:3", "euler:2:3", "euler:1:3", "euler:1:1"))
 
 
-def _eval_set(dataset: str, n: int, seed: int):
+def eval_set(dataset: str, n: int, seed: int):
     if dataset == "shapes":
         return ShapesDataset(n=n, seed=seed)
     if dataset == "digits":
@@ -100,8 +100,8 @@ def evaluate(
     judge_name = judge_name or f"{dataset}32-judge"
     judge, judge_meta = load_judge(judge_name)
     space: FeatureSpace = inception_features(inception_weights) if inception_weights else judge_features(judge_name)
-    eval_set = _eval_set(dataset, n, EVAL_PROMPT_SEED)
-    items = [eval_set.item(i) for i in range(len(eval_set))]
+    held_out = eval_set(dataset, n, EVAL_PROMPT_SEED)
+    items = [held_out.item(i) for i in range(len(held_out))]
     real = np.stack([it[0] for it in items])
     prompts, labels = [it[1] for it in items], [it[2] for it in items]
     seeds = list(range(len(prompts)))
@@ -129,7 +129,7 @@ def evaluate(
     for s in settings:
         bar = tqdm(total=len(prompts), desc=s.label, disable=not progress, leave=False)
         t0 = time.perf_counter()
-        sampler = None if rule == "consistency" else s.sampler
+        sampler = None if rule != "euler" else s.sampler
         guidance = None if mode == "none" else s.guidance
         fake = pipe.generate(prompts, seeds, s.steps, guidance, sampler, on_batch=bar.update)
         seconds = time.perf_counter() - t0

@@ -40,6 +40,7 @@ from fewstep.core.manifest import (
 )
 from fewstep.core.resources import return_freed_memory
 from fewstep.core.sampling_rules import Sampler
+from fewstep.core.verdict_record import read_verdict, verdict_summary
 from fewstep.export import onnx_files
 from fewstep.export.companions import Companions, files_valid
 from fewstep.export.config import ExportConfig
@@ -189,6 +190,9 @@ class BundleExport:
         training = self.spec.get("training", {})
         lora = self.spec.get("lora")
         extra = {"lora": {k: lora[k] for k in ("rank", "alpha", "base_sha256")} | {"fused": True}} if lora else {}
+        verdict = read_verdict(self.source, self.source_sha)  # measured on this very checkpoint by `fewstep distill`
+        if verdict:
+            extra["equal_steps_verdict"] = verdict_summary(verdict)
         return ModelInfo(name=str(self.spec.get("name") or self.source.stem), source=str(self.source),
                          source_sha256=self.source_sha, params=self.params,
                          role=self.spec.get("role"), method=training.get("method"), teacher=training.get("teacher"),

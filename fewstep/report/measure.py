@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from fewstep.core.sampling_rules import Sampler, guidance_mode, resolve_guidance
-from fewstep.models.loading import resolve_checkpoint
+from fewstep.core.verdict_record import read_verdict, verdict_label
+from fewstep.models.loading import model_sha256, resolve_checkpoint
 from fewstep.models.pipeline import TorchPipeline
 from fewstep.report.sweep import SweepConfig, Unit
 from fewstep.runtime import Generator
@@ -86,8 +87,15 @@ def load_torch(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
         "nfe": nfe(sampler, steps, w),
         "size_bytes": path.stat().st_size if path else None,
         "artifact": str(path) if path else str(model),
+        "verdict": _verdict_of(path),
     }
     return Loaded(generate, info)
+
+
+def _verdict_of(path: Path | None) -> str:
+    """The equal-steps verdict `fewstep distill` wrote beside this checkpoint ('-' without one or for other weights)."""
+    verdict = read_verdict(path) if path else None
+    return verdict_label(verdict if verdict and verdict.get("student_sha256") == model_sha256(path) else None)
 
 
 def _method(spec: dict) -> str:
@@ -132,6 +140,7 @@ def load_engine(cfg: SweepConfig, unit: Unit, cache: dict) -> Loaded:
         "size_bytes": entry.size_bytes,
         "artifact": f"{bundle}:{entry.id}",
         "verified": entry.verified,
+        "verdict": verdict_label(gen.manifest.model.extra.get("equal_steps_verdict")),
     }
     return Loaded(generate, info)
 

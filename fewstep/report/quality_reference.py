@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, REFERENCE_SEED, _eval_set, adherence
+from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, REFERENCE_SEED, adherence, eval_set
 from fewstep.evaluation.quality import FeatureSpace, ReferenceMetrics, fid_kid, inception_features, judge_features
 from fewstep.evaluation.train_judge import load_judge
 from fewstep.models.datasets import make_dataset
@@ -28,7 +28,7 @@ class QualityReference:
             if len(ds) < d.n:
                 raise ValueError(f"data.n is {d.n} but the folder {d.path} has only {len(ds)} images; lower data.n")
         else:
-            ds = _eval_set(d.dataset, d.n, EVAL_PROMPT_SEED)
+            ds = eval_set(d.dataset, d.n, EVAL_PROMPT_SEED)
         items = [ds.item(i) for i in range(min(d.n, len(ds)))]
         self.real = np.stack([it[0] for it in items])
         self.prompts = [it[1] for it in items]
@@ -42,7 +42,7 @@ class QualityReference:
         self.metrics = ReferenceMetrics(self.real, self.space, kid_subset=self.kid_subset)  # real features once
         self.real_vs_real = None
         if d.dataset == "shapes":  # the floor: a second real set of the same prompts' distribution
-            ref = _eval_set("shapes", len(self.real), REFERENCE_SEED)
+            ref = eval_set("shapes", len(self.real), REFERENCE_SEED)
             self.real_vs_real = fid_kid(self.real, np.stack([ref.item(i)[0] for i in range(len(ref))]), self.space,
                                         kid_subset=self.kid_subset)  # fmt: skip
 

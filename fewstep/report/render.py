@@ -12,7 +12,7 @@ from fewstep.core.fsio import atomic_write, atomic_write_text
 from fewstep.core.imaging import captioned_grid, make_grid, save_png
 
 COLUMNS = ("system", "runs on", "steps", "NFE", "FID", "KID x1e3", "adherence", "p50 ms b1",
-           "p99 ms b1", "images/s", "MB", "peak RSS MB", "Pareto")  # fmt: skip
+           "p99 ms b1", "images/s", "MB", "peak RSS MB", "Pareto", "vs teacher, equal steps")  # fmt: skip
 
 
 def _num(v, fmt: str) -> str:
@@ -30,6 +30,7 @@ def table_rows(result: dict) -> list[list[str]]:
             _num(r["latency_b1"]["p50_ms"], ".1f"), _num(r["latency_b1"]["p99_ms"], ".1f"),
             _num(r["images_per_s"], ".1f"), "-" if r.get("size_bytes") is None else f"{r['size_bytes'] / 1e6:.2f}",
             _num(r.get("peak_rss_mb"), ".0f"), " ".join("FID" if p == "fid" else "adh." for p in r["pareto"]) or "",
+            r.get("verdict") or "-",
         ])  # fmt: skip
     return rows
 
@@ -69,7 +70,10 @@ def render_markdown(result: dict, pareto_png: str | None, side_by_side: str | No
     out += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
     out += ["", "Pareto: on the frontier of batch-1 p50 latency vs FID (lower both) and/or vs adherence (higher).",
             "Domain FID alone can favour blurry images with the right colours; read it next to adherence and the "
-            "samples."]  # fmt: skip
+            "samples.",
+            "vs teacher, equal steps: the verdict `fewstep distill` measured for this very checkpoint (the student at "
+            "its own steps against its teacher at as many; its verdict.json, or the bundle manifest's "
+            "`model.equal_steps_verdict`)."]  # fmt: skip
     rest = not_measured(result)
     if rest:
         out += ["", "## Not measured", "", "| system | status | reason |", "|---|---|---|"]
