@@ -135,6 +135,23 @@ def test_calibration_records_null_and_conditional_rows(ckpts):
     assert not np.allclose(calls[0]["text"][2], null)
 
 
+@pytest.mark.slow
+def test_the_manifest_keeps_the_verdict_measured_on_the_exported_checkpoint(tmp_path):
+    from fewstep.core.verdict_record import write_verdict
+    from fewstep.models.loading import model_sha256
+
+    ckpt = _checkpoint(tmp_path, "euler-none")
+    verdict = {"outcome": "better", "basis": "teacher gap", "steps": 1, "systems": {}, "line": "verdict: ...",
+               "student_sha256": model_sha256(ckpt)}  # fmt: skip
+    write_verdict(tmp_path, verdict)
+    manifest = _export(ckpt, tmp_path / "b", to=("onnx",), precision=("fp32",))
+    kept = manifest["model"]["equal_steps_verdict"]
+    assert kept["outcome"] == "better" and kept["line"] == "verdict: ..." and "student_sha256" not in kept
+    write_verdict(tmp_path, {**verdict, "student_sha256": "weights-since-retrained"})
+    manifest = _export(ckpt, tmp_path / "b2", to=("onnx",), precision=("fp32",))
+    assert "equal_steps_verdict" not in manifest["model"]  # another checkpoint's verdict is not this one's
+
+
 def test_calibration_of_an_interval_student_records_each_step_size(ckpts):
     from fewstep.export.calibration import record_sampler_inputs
 
