@@ -10,6 +10,7 @@
 # A torch already present in the environment is kept as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/cpu_torch.sh
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 EXTRAS=${EXTRAS:-train,runtime,export,serve,dev}
@@ -26,9 +27,9 @@ if ! "$py" -c "import torch" 2>/dev/null; then
   elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "install: NVIDIA GPU found, installing torch==$TORCH_VERSION (CUDA build from PyPI)"
     "${pip[@]}" "torch==$TORCH_VERSION"
-  elif ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1; then
+  elif has_local_cpu_torch "$TORCH_VERSION"; then
     echo "install: no GPU, installing the local CPU build of torch==$TORCH_VERSION"
-    "${pip[@]}" --find-links "${PIP_FIND_LINKS:-/opt/wheels}" "torch==$TORCH_VERSION"
+    "${pip[@]}" --find-links "$WHEELS_DIR" "torch==$TORCH_VERSION"
   else
     echo "install: no GPU, installing the CPU build of torch==$TORCH_VERSION from PyTorch's CPU index"
     "${pip[@]}" "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu

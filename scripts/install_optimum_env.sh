@@ -5,6 +5,7 @@
 # FEWSTEP_INSTALL_OPTIMUM=1); otherwise that test skips with its reason. Never needed to use fewstep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/cpu_torch.sh
 ENV_DIR=${FEWSTEP_OPTIMUM_ENV:-.venv-optimum}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
@@ -20,11 +21,7 @@ echo "install: $ENV_DIR with ${PINS[*]} (for the optimum interop test)"
 rm -rf "$ENV_DIR"
 "$PYTHON" -m venv "$ENV_DIR"
 pip=("$ENV_DIR/bin/python" -m pip install -q --disable-pip-version-check --progress-bar off)
-if ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1; then
-  torch=(--find-links "${PIP_FIND_LINKS:-/opt/wheels}" "torch==$TORCH_VERSION")
-else
-  torch=("torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu)
-fi
+cpu_torch_args "$TORCH_VERSION"
 if "${pip[@]}" "${PINS[@]}" "${torch[@]}"; then
   touch "$ENV_DIR/.installed"
 else

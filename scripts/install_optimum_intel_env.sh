@@ -5,6 +5,7 @@
 # fewstep; CI does not build it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/cpu_torch.sh
 ENV_DIR=${FEWSTEP_OPTIMUM_INTEL_ENV:-.venv-optimum-intel}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
@@ -17,11 +18,7 @@ echo "install: $ENV_DIR with ${PINS[*]} (for the optimum-intel side-by-side)"
 rm -rf "$ENV_DIR"
 "$PYTHON" -m venv "$ENV_DIR"
 pip=("$ENV_DIR/bin/python" -m pip install -q --disable-pip-version-check --progress-bar off)
-if ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1; then
-  torch=(--find-links "${PIP_FIND_LINKS:-/opt/wheels}" "torch==$TORCH_VERSION")
-else
-  torch=("torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu)
-fi
+cpu_torch_args "$TORCH_VERSION"
 "${pip[@]}" "${PINS[@]}" "${torch[@]}"
 # optimum-intel lists torchvision, and PyPI's torchvision is built for the CUDA torch: next to the CPU torch its
 # operators are missing and importing transformers' models fails. Nothing on this path needs it.

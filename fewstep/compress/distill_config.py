@@ -130,3 +130,15 @@ class TimeSampling:
 
     t_sampling: Literal["uniform", "logit_normal"] = param("uniform", "how training times are drawn (logit_normal: "
                                                            "SD3's, more mass mid-path)")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StepSizeInput:
+    """Methods whose student takes its step size as an input (the `interval` sampling rule: MeanFlow, shortcut)."""
+
+    interval_dim: int = param(64, "width of the student's sinusoidal embedding of its step size (time_cond_proj_dim)",
+                              min=2)  # fmt: skip
+
+    @property
+    def student_guidance_dim(self) -> int | None:
+        return self.interval_dim

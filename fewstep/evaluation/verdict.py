@@ -21,7 +21,7 @@ import numpy as np
 
 from fewstep.core.sampling_rules import Sampler
 from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, adherence, eval_set
-from fewstep.evaluation.quality import fid_kid, judge_features
+from fewstep.evaluation.quality import ReferenceMetrics, judge_features
 from fewstep.evaluation.train_judge import load_judge
 from fewstep.models.datasets import make_dataset
 from fewstep.models.pipeline import TorchPipeline
@@ -62,18 +62,25 @@ def _gap(images: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sqrt((diff**2).reshape(len(diff), -1).mean(1)).mean())
 
 
-def _judged(p: VerdictPrompts, images: np.ndarray) -> bool:
-    return p.real is not None and images.shape[1:] == p.real.shape[1:]
+class _Scorer:
+    """The metrics of one verdict: the judge and the real images' features are loaded once for its three systems."""
 
+    def __init__(self, p: VerdictPrompts, image_shape: tuple[int, ...]):
+        self.p = p
+        self.judged = p.real is not None and image_shape == p.real.shape[1:]
+        if self.judged:
+            assert p.real is not None
+            name = f"{p.dataset}32-judge"
+            self.judge, _ = load_judge(name)
+            self.reference = ReferenceMetrics(p.real, judge_features(name))
 
-def _metrics(p: VerdictPrompts, images: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    row: dict[str, Any] = {"teacher_gap": round(_gap(images, reference), 3)}
-    if _judged(p, images):
-        assert p.real is not None and p.labels is not None
-        judge, _ = load_judge(f"{p.dataset}32-judge")
-        row["fid"] = round(fid_kid(p.real, images, judge_features(f"{p.dataset}32-judge"))["fid"], 3)
-        row["adherence"] = round(float(np.mean(adherence(p.dataset, judge, images, p.labels))), 4)
-    return row
+    def __call__(self, images: np.ndarray, teacher_full: np.ndarray) -> dict[str, Any]:
+        row: dict[str, Any] = {"teacher_gap": round(_gap(images, teacher_full), 3)}
+        if self.judged:
+            assert self.p.labels is not None
+            row["fid"] = round(self.reference.score(images)["fid"], 3)
+            row["adherence"] = round(float(np.mean(adherence(self.p.dataset, self.judge, images, self.p.labels))), 4)
+        return row
 
 
 def equal_steps_verdict(student: TorchPipeline, teacher: TorchPipeline, p: VerdictPrompts,
@@ -83,10 +90,11 @@ def equal_steps_verdict(student: TorchPipeline, teacher: TorchPipeline, p: Verdi
     n = Sampler.parse(student.spec["sampler"]).steps(steps)
     full = int(teacher.spec["sampler"].get("default_steps", 50))
     reference = teacher.generate(p.prompts, seeds, full)
+    score = _Scorer(p, reference.shape[1:])
     systems = {
-        "student": _metrics(p, student.generate(p.prompts, seeds, steps), reference),
-        "teacher_same_steps": _metrics(p, teacher.generate(p.prompts, seeds, n), reference),
-        "teacher_full_steps": _metrics(p, reference, reference),
+        "student": score(student.generate(p.prompts, seeds, steps), reference),
+        "teacher_same_steps": score(teacher.generate(p.prompts, seeds, n), reference),
+        "teacher_full_steps": score(reference, reference),
     }
     s, t = systems["student"], systems["teacher_same_steps"]
     if "fid" in s:

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fewstep.compress.distill_config import DistillConfig, ImageInput, TeacherGuidance, TimeSampling
+from fewstep.compress.distill_config import DistillConfig, ImageInput, StepSizeInput, TeacherGuidance, TimeSampling
 from fewstep.compress.distill_session import DistillSession, baked, euler_times
 from fewstep.compress.distributed import StepRandom
 from fewstep.compress.flow_matching import sample_t
@@ -95,7 +95,7 @@ class MeanFlowLoss:
 
 
 @dataclass(frozen=True)
-class MeanFlowConfig(ImageInput, TeacherGuidance, TimeSampling, DistillConfig):
+class MeanFlowConfig(StepSizeInput, ImageInput, TeacherGuidance, TimeSampling, DistillConfig):
     """MeanFlow: the student learns the teacher's average velocity over intervals and samples `student_steps`
     interval steps (1 = one-step generation)."""
 
@@ -105,8 +105,6 @@ class MeanFlowConfig(ImageInput, TeacherGuidance, TimeSampling, DistillConfig):
                                      min=0, max=1)  # fmt: skip
     adaptive_power: float = param(1.0, "p of the adaptive loss weight 1 / (||error||^2 + 1e-3)^p (0 = plain L2)",
                                   min=0, max=2)  # fmt: skip
-    interval_dim: int = param(64, "width of the student's sinusoidal embedding of h = t - r (time_cond_proj_dim)",
-                              min=2)  # fmt: skip
 
     def check(self) -> None:
         super().check()
@@ -114,10 +112,6 @@ class MeanFlowConfig(ImageInput, TeacherGuidance, TimeSampling, DistillConfig):
             raise ConfigError("MeanFlow's JVP runs the student in forward mode, which activation checkpointing "
                               "cannot replay; leave --gradient-checkpointing off (use LoRA or a smaller batch)",
                               "gradient_checkpointing")  # fmt: skip
-
-    @property
-    def student_guidance_dim(self) -> int | None:
-        return self.interval_dim
 
 
 def run(s: DistillSession, cfg: MeanFlowConfig, out: Path, resume: bool, progress: bool) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fewstep.compress.distill_config import DistillConfig, ImageInput, TeacherGuidance, TimeSampling
+from fewstep.compress.distill_config import DistillConfig, ImageInput, StepSizeInput, TeacherGuidance, TimeSampling
 from fewstep.compress.distill_session import DistillSession, baked, euler_times
 from fewstep.compress.distributed import StepRandom
 from fewstep.compress.flow_matching import sample_t
@@ -105,14 +105,13 @@ class ShortcutLoss:
 
 
 @dataclass(frozen=True)
-class ShortcutConfig(ImageInput, TeacherGuidance, TimeSampling, DistillConfig):
+class ShortcutConfig(StepSizeInput, ImageInput, TeacherGuidance, TimeSampling, DistillConfig):
     """Shortcut models: the student learns steps of every size 2^-k from the teacher's flow plus self-consistency,
     and samples `student_steps` (a power of two) steps of size 1 / student_steps."""
 
     bootstrap_fraction: float = param(0.25, "share of the batch trained on self-consistency targets (the rest: "
                                       "flow matching onto the teacher at d = 0)", min=0, max=1)  # fmt: skip
     max_steps: int = param(128, "the finest step size is 1 / max_steps (a power of two)", min=2, max=1024)
-    interval_dim: int = param(64, "width of the student's sinusoidal embedding of d (time_cond_proj_dim)", min=2)
 
     def check(self) -> None:
         super().check()
@@ -122,10 +121,6 @@ class ShortcutConfig(ImageInput, TeacherGuidance, TimeSampling, DistillConfig):
             raise ConfigError(f"a shortcut student samples with a trained step size 2^-k: student_steps must be a "
                               f"power of two <= max_steps ({self.max_steps}); got {self.student_steps}",
                               "student_steps")  # fmt: skip
-
-    @property
-    def student_guidance_dim(self) -> int | None:
-        return self.interval_dim
 
 
 def run(s: DistillSession, cfg: ShortcutConfig, out: Path, resume: bool, progress: bool) -> Path:
