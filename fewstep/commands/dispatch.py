@@ -36,7 +36,7 @@ the built-in chain, in order:
   fewstep demo                      the whole chain on the built-in default
 
 info, generate, bench and serve run engine bundles with only `pip install 'fewstep[runtime,serve]'`."""
-METHODS_LINE = "reflow slimflow instaflow guidance consistency progressive dmd"
+METHODS_LINE = "reflow slimflow instaflow guidance consistency progressive dmd meanflow shortcut"
 
 
 class ClearErrors(argparse.ArgumentParser):
