@@ -21,25 +21,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewstep.backends import load_engine
 from fewstep.core.imaging import psnr, to_uint8
+from fewstep.core.manifest import Manifest
 from fewstep.evaluation.evaluate import EVAL_PROMPT_SEED, adherence, eval_set
 from fewstep.evaluation.quality import fid_kid, judge_features
 from fewstep.evaluation.train_judge import load_judge
-from fewstep.export.bundle import BundleExport, side_by_side_options
+from fewstep.export.bundle import BundleExport
 from fewstep.export.config import ExportConfig
+from fewstep.export.engine_build import side_by_side
 from fewstep.export.gates import side_by_side_ms, speed_inputs
-from fewstep.models.pipeline import sampling_times
+from fewstep.models.pipeline import TorchPipeline, sampling_times
 from fewstep.runtime.engine import BackendUnavailable
 from fewstep.runtime.generator import Generator
+from fewstep.runtime.registry import get_backend, load_engine
 from fewstep.runtime.text import RuntimeTextEncoder
 
 OUT = Path(__file__).resolve().parent / "results" / "export"
-TARGETS = ("onnx", "openvino", "coreml")
+TARGETS = ("onnx", "openvino", "coreml", "executorch")
 PRECISIONS = ("fp32", "fp16", "int8", "int8w", "palette4")
 
 
-def export(model: str, root: Path, threads: int) -> tuple[BundleExport, dict]:
+def export(model: str, root: Path, threads: int) -> tuple[BundleExport, Manifest]:
     cfg = ExportConfig(to=TARGETS, precision=PRECISIONS, quantizer=("nncf", "ort"), speed_gate=False,
                        calibration_prompts=64, threads=threads)  # fmt: skip
     job = BundleExport(model, root / model, cfg, f"benchmarks/export_engines.py --models {model}", print)
@@ -51,13 +53,14 @@ def evaluate_engine(gen: Generator, prompts: list[str], batch: int = 64) -> np.n
 
 
 def measure(model: str, root: Path, n: int, runs: int, threads: int) -> dict:
-    job, manifest = export(model, root, threads)
+    job, bundle_manifest = export(model, root, threads)
+    manifest = bundle_manifest.to_json()
     bundle = root / model
     judge, _ = load_judge("shapes32-judge")
     space = judge_features("shapes32-judge")
     items = [eval_set("shapes", n, EVAL_PROMPT_SEED).item(i) for i in range(n)]
     real, prompts, labels = np.stack([i[0] for i in items]), [i[1] for i in items], [i[2] for i in items]
-    pipe = job.pipe
+    pipe = TorchPipeline.from_checkpoint(model)  # the export released its own after writing the engines
     t0 = time.perf_counter()
     with torch.no_grad():
         ref = np.concatenate([
@@ -70,14 +73,14 @@ def measure(model: str, root: Path, n: int, runs: int, threads: int) -> dict:
     rows = [{"engine": "torch (reference)", "backend": "torch", "precision": "fp32", "size_bytes": None,
              **fid_kid(real, ref_u8, space), "adherence": float(np.mean(adherence("shapes", judge, ref_u8, labels))),
              "ms_per_image_end_to_end": round(1e3 * torch_s / n, 2)}]  # fmt: skip
-    text = RuntimeTextEncoder(bundle / "text_encoder.onnx", bundle / "tokenizer.json", manifest["text_encoder"],
-                              threads)  # fmt: skip
-    calib, _ = job.calibration()
+    text = RuntimeTextEncoder.from_bundle(bundle, bundle_manifest.text_encoder, threads)
+    calib, _ = job.reference.calibration()
     engines, entries = {}, manifest["engines"] + [dict(r, files={}) for r in manifest["refused"]]
     for e in manifest["engines"]:
         try:
-            opts = side_by_side_options(e["backend"])
-            engines[e["id"]] = load_engine(e["backend"], bundle / next(iter(e["files"])), e, threads=threads, **opts)
+            entry = bundle_manifest.engine(e["id"])
+            opts = side_by_side(get_backend(e["backend"]))
+            engines[e["id"]] = load_engine(e["backend"], bundle / entry.main_file, entry, threads=threads, **opts)
         except BackendUnavailable as why:
             e["not_run"] = str(why)
     for e in entries:
@@ -86,7 +89,7 @@ def measure(model: str, root: Path, n: int, runs: int, threads: int) -> dict:
                "speed_gate": e.get("gates", {}).get("speed", {}), "parity_gate": e.get("gates", {}).get("parity", {}),
                "refused": e.get("reason")}  # fmt: skip
         if e["id"] in engines:
-            gen = Generator(manifest, engines[e["id"]], text, e)
+            gen = Generator(bundle_manifest, engines[e["id"]], text, bundle_manifest.engine(e["id"]))
             t0 = time.perf_counter()
             x = evaluate_engine(gen, prompts)
             row["ms_per_image_end_to_end"] = round(1e3 * (time.perf_counter() - t0) / n, 2)

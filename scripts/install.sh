@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 source scripts/cpu_torch.sh
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EXTRAS:-train,runtime,export,serve,dev}
+EXTRAS=${EXTRAS:-train,runtime,export,edge,serve,dev}
 TORCH_VERSION=2.13.0
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

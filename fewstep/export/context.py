@@ -58,6 +58,17 @@ class Artifact:
 Exporter = Callable[[ExportContext, str], Artifact]
 
 
+def fixed_batch(options: dict[str, Any], key: str) -> int:
+    """The one batch of a fixed-shape engine (CoreML, ExecuTorch): `options[key]`, else 2 for a CFG engine (the
+    conditional and unconditional rows of one image), else 1."""
+    batch = options.get(key)
+    if batch is None:
+        return 2 if options.get("cfg") else 1
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"options[{key!r}] must be a positive integer; got {batch!r}")
+    return batch
+
+
 def exporter_of(backend: Backend) -> Exporter:
     """The export function a backend names, refusing precisions the backend does not list; a missing optional
     dependency is a clear ImportError."""

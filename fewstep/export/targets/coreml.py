@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fewstep.export.context import Artifact, ExportContext
+from fewstep.export.context import fixed_batch as shared_fixed_batch
 
 DEFAULT_TARGET = "macOS13"
 DEFAULT_WEIGHT_THRESHOLD = 2048
@@ -43,12 +44,7 @@ _last: dict = {}
 
 def fixed_batch(options: dict) -> int:
     """The batch the package is converted for: "coreml_batch", else 2 for a CFG engine (cond + uncond), else 1."""
-    batch = options.get("coreml_batch")
-    if batch is None:
-        return 2 if options.get("cfg") else 1
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"options['coreml_batch'] must be a positive integer; got {batch!r}")
-    return batch
+    return shared_fixed_batch(options, "coreml_batch")
 
 
 def export(ctx: ExportContext, precision: str) -> Artifact:
