@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from fewstep.compress import distributed as ddp
 from fewstep.compress.distributed import StepRandom
+from fewstep.compress.health import HEALTH_FILE, HealthMonitor, append_warning, read_health
 from fewstep.core.config import Config, ConfigError, param
 from fewstep.core.errors import UserError
 from fewstep.core.fsio import atomic_write, atomic_write_text, remove_stale_temps
@@ -42,6 +43,10 @@ RESUMABLE_CHANGES = ("steps", "stage2_steps", "device", "checkpoint_every", "sam
                      "max_bad_steps", "name", "sample_guidance", "sample_steps")  # fmt: skip
 METRICS_FILE = "metrics.jsonl"
 MAX_BATCH = 65536
+
+
+class TrainingHealthWarning(UserWarning):
+    """A training-health warning (diverging, stalled, clipped); see `fewstep.compress.health`."""
 
 
 class TrainingDivergedError(UserError, RuntimeError):
@@ -200,6 +205,7 @@ class TrainingLoop:
         self._pending: list[dict] = []
         # the caller's full config (data, model, method); a resume with other weight-changing values is refused
         self.run_config = run_config or {}
+        self.health = HealthMonitor(config.grad_clip, config.warmup_steps, getattr(loss_fn, "monitor_loss", True))
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -313,6 +319,20 @@ class TrainingLoop:
         self._bad = 0
         return dict(logs, grad_norm=float(grad_norm))
 
+    def _check_health(self, row: dict[str, float]) -> None:
+        """Divergence, stall and clipping warnings from the logged row (`fewstep.compress.health`)."""
+        if not ddp.is_main():
+            return
+        for warning in self.health.observe(row):
+            warnings.warn(warning.line(), TrainingHealthWarning, stacklevel=2)
+            append_warning(self.out, warning)
+
+    def _replay_health(self) -> None:
+        """A resumed run's monitor sees the rows logged before the kill; warnings already raised stay raised."""
+        for row in read_metrics(self.out):
+            self.health.observe(row)
+        self.health.raised = {w.kind for w in read_health(self.out)}
+
     def run(self, resume: bool = False, progress: bool = True) -> nn.Module:
         """Train to `config.steps`; returns the EMA model. `resume` continues from `out/state.safetensors`."""
         cfg = self.config
@@ -325,10 +345,12 @@ class TrainingLoop:
                     f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
                 )
             self.load_checkpoint()
+            self._replay_health()
         else:
             if resume:
                 warnings.warn(f"--resume: no checkpoint in {self.out} yet, starting a new run", stacklevel=2)
             (self.out / METRICS_FILE).unlink(missing_ok=True)  # metrics of a run that never reached a checkpoint
+            (self.out / HEALTH_FILE).unlink(missing_ok=True)
         saved_step = self.step
         self.model.train()
         bar = tqdm(
@@ -354,6 +376,7 @@ class TrainingLoop:
                 row = {"step": self.step, "lr": self._lr(step), "elapsed_s": round(time.time() - started, 2), **avg}
                 self._pending.append(row)
                 window = []
+                self._check_health(row)
                 if not progress and ddp.is_main():  # no bar (logs, CI, clusters): one line per log interval
                     print(f"step {self.step}/{cfg.steps} " + " ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                                       if k != "step"), flush=True)  # fmt: skip
