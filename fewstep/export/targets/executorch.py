@@ -39,28 +39,37 @@ def export(ctx: ExportContext, precision: str) -> Artifact:
     """Lower `ctx.denoiser` and write `ctx.out_dir / denoiser.{precision}.pte`."""
     if precision not in PRECISIONS:
         raise ValueError(f"ExecuTorch precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    version = _executorch_version()
     batch = fixed_batch(ctx.options, BATCH_OPTION)
-    args = ctx.denoiser.example_inputs(batch)
-    with torch.no_grad():
-        program = torch.export.export(ctx.denoiser, args)
-        info: dict[str, Any] = {"fixed_batch": batch, "executorch": version, "delegate": "xnnpack"}
-        if precision == "int8":
-            program, quant = _quantized(ctx, program, batch, args)
-            info.update(quant)
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # edge extra
-        from executorch.exir import to_edge_transform_and_lower  # edge extra
-
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    info.update(delegation(edge.exported_program().graph_module))
-    program = edge.to_executorch()
-    check_kernels(program.exported_program().graph_module)  # its ops are the out-variant kernels it will call
-    buffer = program.buffer
+    calibration = calibration_batches(ctx.calibration_inputs(), batch) if precision == "int8" else None
+    if precision == "int8" and not calibration:
+        raise ValueError("int8 ExecuTorch export needs calibration inputs (the student's sampler rows); got none")
+    buffer, info = lower(ctx.denoiser, ctx.denoiser.example_inputs(batch), calibration)
     path = Path(ctx.out_dir) / f"denoiser.{precision}.pte"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer)
+    return Artifact(path, backend="executorch", precision=precision, info={"fixed_batch": batch, **info})
+
+
+def lower(module: torch.nn.Module, args: tuple, calibration: list[tuple] | None = None) -> tuple[bytes, dict]:
+    """Any module with fixed-shape `args` -> (the `.pte` program's bytes, what to record about it).
+    `calibration`: input tuples shaped like `args`; given, the program is int8 (PT2E static, XNNPACK quantizer)."""
+    version = _executorch_version()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # edge extra
+    from executorch.exir import to_edge_transform_and_lower  # edge extra
+
+    info: dict[str, Any] = {"executorch": version, "delegate": "xnnpack"}
+    with torch.no_grad():
+        program = torch.export.export(module, args)
+        if calibration is not None:
+            program, quant = _quantized(program, args, calibration)
+            info.update(quant)
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    info.update(delegation(edge.exported_program().graph_module))
+    executable = edge.to_executorch()
+    check_kernels(executable.exported_program().graph_module)  # its ops are the out-variant kernels it will call
+    buffer = executable.buffer
     info["pte_bytes"] = len(buffer)
-    return Artifact(path, backend="executorch", precision=precision, info=info)
+    return buffer, info
 
 
 def _executorch_version() -> str:
@@ -86,7 +95,7 @@ def calibration_batches(calibration: list[dict[str, np.ndarray]], batch: int) ->
             for i in range(0, total - batch + 1, batch)]  # fmt: skip
 
 
-def _quantized(ctx: ExportContext, program: Any, batch: int, args: tuple) -> tuple[Any, dict]:
+def _quantized(program: Any, args: tuple, calibration: list[tuple]) -> tuple[Any, dict]:
     """PT2E: annotate with XNNPACK's quantizer, observe the calibration batches, convert, export again."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (  # edge extra
         XNNPACKQuantizer,
@@ -94,21 +103,18 @@ def _quantized(ctx: ExportContext, program: Any, batch: int, args: tuple) -> tup
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # edge extra
 
-    batches = calibration_batches(ctx.calibration_inputs(), batch)
-    if not batches:
-        raise ValueError("int8 ExecuTorch export needs calibration inputs (the student's sampler rows); got none")
     config = get_symmetric_quantization_config(is_per_channel=True)
     quantizer = XNNPACKQuantizer()
     for op in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
         quantizer.set_operator_type(op, config)
     quantizer.set_filter_function(lambda node: not in_sensitive_layer(node))
     prepared = prepare_pt2e(program.module(), quantizer)
-    for inputs in batches:
+    for inputs in calibration:
         prepared(*inputs)
     converted = convert_pt2e(prepared)
     info = {"quantizer": "xnnpack-pt2e", "weights": "int8 per-channel symmetric", "activations": "int8 static",
             "quantized_ops": ["conv2d", "linear"], "float_layers": list(SENSITIVE),
-            "calibration_batches": len(batches)}  # fmt: skip
+            "calibration_batches": len(calibration)}  # fmt: skip
     return torch.export.export(converted, args), info
 
 
