@@ -98,17 +98,14 @@ def median_ms(fn, runs: int) -> float:
     return round(1e3 * float(np.median(times)), 2)
 
 
-PEAK_SCRIPT = """
-import sys, torch
-from executorch.runtime import Runtime
-torch.set_num_threads(2)
-args = torch.load(sys.argv[2], weights_only=True)
-method = Runtime.get().load_program(sys.argv[1]).load_method("forward")
-method.execute(list(args))
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec, so a child forked from a large parent reports the
 # parent's size
-print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))
-"""
+PRINT_PEAK = 'print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))'
+IMPORTS = "import sys, torch\nfrom executorch.runtime import Runtime\ntorch.set_num_threads(2)\n"
+PEAK_SCRIPT = (IMPORTS + "args = torch.load(sys.argv[2], weights_only=True)\n"
+               "method = Runtime.get().load_program(sys.argv[1]).load_method('forward')\n"
+               "method.execute(list(args))\n" + PRINT_PEAK + "\n")  # fmt: skip
+BASELINE_SCRIPT = IMPORTS + "Runtime.get()\n" + PRINT_PEAK + "\n"
 
 
 def peak_rss(pte: Path, args: tuple, tmp: Path) -> int:
@@ -204,8 +201,7 @@ def fits(rows: list[dict], baseline: int) -> str:
 
 def baseline_rss() -> int:
     """Peak resident bytes of a fresh process that imports torch and ExecuTorch's runtime and loads nothing."""
-    script = PEAK_SCRIPT.split("args = ")[0] + "Runtime.get()\n" + PEAK_SCRIPT.split("\n")[-2] + "\n"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", BASELINE_SCRIPT], capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1])
 
 
